@@ -1,0 +1,125 @@
+"""Options for saving and loading, and the translation from the reference's ``config`` dictionary.
+
+``config`` may be the reference's dict unchanged (``enc_key``, ``sign_key``, ``tensors``, ``chunk_size``,
+``version``, ``policy``) or the typed objects below. Unknown options are refused rather than ignored: a typo
+in a security setting must not silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .cipher.aead import COUNTER_LIMIT
+from .errors import ConfigError, MissingKeyError
+from .format.crypto_header import DEFAULT_CHUNK_SIZE, DEFAULT_POLICY
+from .keys.jwk import MasterKey, SigningKey, parse_jwk
+from .keys.keyring import KeyRing
+
+_SAVE_OPTIONS = {"enc_key", "sign_key", "tensors", "chunk_size", "version", "policy", "integrity"}
+_LOAD_OPTIONS = {"enc_key", "sign_key", "keys", "policy_input"}
+MAX_CHUNK_SIZE = 2**31 - 1024  # one AEAD call per chunk; cryptography caps a call below 2 GiB
+
+
+@dataclass(frozen=True)
+class SaveOptions:
+    """How to encrypt a file. ``tensors=None`` encrypts every tensor."""
+
+    master_key: MasterKey
+    signing_key: SigningKey
+    tensors: Collection[str] | None = None
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    version: str = "2"
+    policy_local: str = DEFAULT_POLICY
+    policy_remote: str = DEFAULT_POLICY
+    integrity: bool = True  # signed digests of unencrypted tensors (our extension)
+
+    def __post_init__(self) -> None:
+        if self.version not in ("1", "2"):
+            raise ConfigError(f"version must be '1' or '2', not {self.version!r}")
+        if not isinstance(self.chunk_size, int) or not 0 < self.chunk_size <= MAX_CHUNK_SIZE:
+            raise ConfigError(f"chunk_size must be an integer in 1..{MAX_CHUNK_SIZE}")
+
+    def encrypts(self, name: str) -> bool:
+        return self.tensors is None or name in self.tensors
+
+    @property
+    def max_tensor_bytes(self) -> int:
+        return self.chunk_size * COUNTER_LIMIT if self.version == "2" else MAX_CHUNK_SIZE
+
+
+@dataclass
+class LoadOptions:
+    """What a reader may use: the keys it trusts, and claims for the access policy."""
+
+    keyring: KeyRing = field(default_factory=KeyRing)
+    policy_input: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _check_options(config: Mapping[str, Any], allowed: set[str], what: str) -> None:
+    unknown = set(config) - allowed
+    if unknown:
+        raise ConfigError(f"unknown {what} option(s): {', '.join(sorted(unknown))}")
+
+
+def save_options(config: SaveOptions | Mapping[str, Any] | None) -> SaveOptions:
+    """Options for a save; keys missing from ``config`` come from ``CRYPTOTENSOR_KEYS``."""
+    if isinstance(config, SaveOptions):
+        return config
+    config = dict(config or {})
+    _check_options(config, _SAVE_OPTIONS, "save")
+    env = KeyRing.from_env()
+    master = parse_jwk(config["enc_key"]) if "enc_key" in config else None
+    signer = parse_jwk(config["sign_key"]) if "sign_key" in config else None
+    if master is None:
+        if len(env.master_keys) != 1:
+            raise MissingKeyError("saving needs one master key: pass config={'enc_key': ...} or set CRYPTOTENSOR_KEYS")
+        master = env.master_keys[0]
+    if signer is None:
+        if len(env.signing_keys) != 1:
+            raise MissingKeyError("saving needs one private signing key: config={'sign_key': ...}")
+        signer = env.signing_keys[0]
+    if not isinstance(master, MasterKey):
+        raise ConfigError("enc_key must be a symmetric (oct) key")
+    if not isinstance(signer, SigningKey):
+        raise ConfigError("sign_key must be an Ed25519 private key (with 'd')")
+    policy = config.get("policy") or {}
+    if not isinstance(policy, Mapping) or set(policy) - {"local", "remote"}:
+        raise ConfigError("policy must be a mapping with the keys 'local' and/or 'remote'")
+    tensors = config.get("tensors")
+    if tensors is not None and (isinstance(tensors, str) or not all(isinstance(t, str) for t in tensors)):
+        raise ConfigError("tensors must be a list of tensor names")
+    return SaveOptions(
+        master_key=master,
+        signing_key=signer,
+        tensors=None if tensors is None else frozenset(tensors),
+        chunk_size=config.get("chunk_size", DEFAULT_CHUNK_SIZE),
+        version=str(config.get("version", "2")),
+        policy_local=policy.get("local", DEFAULT_POLICY),
+        policy_remote=policy.get("remote", DEFAULT_POLICY),
+        integrity=bool(config.get("integrity", True)),
+    )
+
+
+def load_options(config: LoadOptions | KeyRing | Mapping[str, Any] | None) -> LoadOptions:
+    """Options for a load: keys from ``config`` first, then ``CRYPTOTENSOR_KEYS``."""
+    if isinstance(config, LoadOptions):
+        return config
+    if isinstance(config, KeyRing):
+        return LoadOptions(config)
+    config = dict(config or {})
+    _check_options(config, _LOAD_OPTIONS | _SAVE_OPTIONS, "load")
+    ring = KeyRing()
+    for option in ("enc_key", "sign_key"):
+        if option in config:
+            ring.add(config[option])
+    for key in config.get("keys", ()):
+        ring.add(key)
+    env = KeyRing.from_env()
+    if not ring.master_keys:
+        ring.master_keys += env.master_keys
+    if not ring.verify_keys and not ring.signing_keys:
+        ring.verify_keys += env.verify_keys
+        ring.signing_keys += env.signing_keys
+    return LoadOptions(ring, dict(config.get("policy_input", {})))

@@ -1,0 +1,241 @@
+"""The CryptoTensors layer: reserved ``__metadata__`` entries, parsed into typed, validated records.
+
+A file is a CryptoTensors file when its metadata holds any reserved key. Then all of ``__crypto_keys__``,
+``__encryption__``, ``__policy__`` and ``__signature__`` must be present and well-formed: a header with some
+of them stripped is refused rather than read as plain safetensors. Our own extensions live under
+``__pycryptotensors__`` (see docs/FORMAT.md), which the reference's signature covers and otherwise ignores.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from ..cipher.aead import KEY_IV_SIZE, NONCE_SIZE, TAG_SIZE, Algorithm, algorithm, counter_fits
+from ..errors import FormatError, UnsupportedError
+from .header import Header, TensorEntry, loads_strict
+
+CRYPTO_KEYS = "__crypto_keys__"
+ENCRYPTION = "__encryption__"
+POLICY = "__policy__"
+SIGNATURE = "__signature__"
+EXTENSIONS = "__pycryptotensors__"
+REQUIRED_KEYS = (CRYPTO_KEYS, ENCRYPTION, POLICY, SIGNATURE)
+RESERVED_KEYS = frozenset((*REQUIRED_KEYS, EXTENSIONS))
+
+DEFAULT_CHUNK_SIZE = 2 * 1024 * 1024
+DEFAULT_POLICY = "package model\nallow = true"
+SIGNATURE_SIZE = 64
+DIGEST_ALGORITHMS = {"sha256": 32}
+_KEY_MATERIAL_FIELDS = frozenset({"k", "d", "x", "p", "q", "dp", "dq", "qi"})
+
+
+@dataclass(frozen=True)
+class KeySlot:
+    """Which key does a job (``enc`` wraps data keys, ``sign`` signs the header): no key material."""
+
+    alg: str
+    kid: str | None = None
+    jku: str | None = None
+
+
+@dataclass(frozen=True)
+class EncryptedTensor:
+    """A tensor's wrapped data key and its AEAD parameters.
+
+    ``iv`` is the whole-tensor nonce in version 1 and the base nonce in version 2; ``tags`` holds one tag
+    per chunk (version 2) or the single tag (version 1; none for an empty version-1 tensor).
+    """
+
+    wrapped_key: bytes
+    key_iv: bytes
+    key_tag: bytes
+    iv: bytes
+    tags: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class Integrity:
+    """Our extension: signed per-chunk digests of the tensors stored in plaintext."""
+
+    alg: str
+    chunk_size: int
+    digests: dict[str, tuple[bytes, ...]]
+
+
+@dataclass(frozen=True)
+class CryptoHeader:
+    version: str
+    chunk_size: int
+    cipher: Algorithm
+    enc: KeySlot
+    sign: KeySlot
+    encrypted: dict[str, EncryptedTensor]
+    policy_local: str
+    policy_remote: str
+    signature: bytes
+    integrity: Integrity | None
+
+    def is_encrypted(self, name: str) -> bool:
+        return name in self.encrypted
+
+
+def chunk_count(nbytes: int, chunk_size: int) -> int:
+    """Chunks a tensor is cut into; an empty tensor still has one (empty) chunk with its own tag."""
+    return max(1, -(-nbytes // chunk_size))
+
+
+def b64decode(value: Any, what: str) -> bytes:
+    if not isinstance(value, str):
+        raise FormatError(f"{what} must be a base64 string")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise FormatError(f"{what} is not valid base64") from None
+
+
+def b64encode(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _split(blob: bytes, size: int) -> tuple[bytes, ...]:
+    return tuple(blob[i : i + size] for i in range(0, len(blob), size))
+
+
+def _json_field(metadata: dict[str, str], key: str) -> dict[str, Any]:
+    value = loads_strict(metadata[key], key)
+    if not isinstance(value, dict):
+        raise FormatError(f"{key} must hold a JSON object")
+    return value
+
+
+def _optional_str(obj: dict[str, Any], field: str, what: str) -> str | None:
+    value = obj.get(field)
+    if value is not None and not isinstance(value, str):
+        raise FormatError(f"{what}.{field} must be a string")
+    return value
+
+
+def _slot(keys: dict[str, Any], role: str) -> KeySlot:
+    slot = keys.get(role)
+    if not isinstance(slot, dict):
+        raise FormatError(f"{CRYPTO_KEYS}.{role} must be an object")
+    if _KEY_MATERIAL_FIELDS & set(slot):
+        raise FormatError(f"{CRYPTO_KEYS}.{role} carries key material; refusing the file")
+    alg = slot.get("alg")
+    if not isinstance(alg, str):
+        raise FormatError(f"{CRYPTO_KEYS}.{role}.alg must be a string")
+    return KeySlot(alg, _optional_str(slot, "kid", role), _optional_str(slot, "jku", role))
+
+
+def _encrypted_entry(name: str, raw: Any, entry: TensorEntry, header: _Partial) -> EncryptedTensor:
+    fields = ("wrapped_key", "key_iv", "key_tag", "iv", "tag") if header.version == "1" else (
+        "wrapped_key", "key_iv", "key_tag", "base_iv", "tags"
+    )
+    if not isinstance(raw, dict) or set(raw) != set(fields):
+        raise FormatError(f"{ENCRYPTION}[{name!r}] must have exactly the fields {', '.join(fields)}")
+    what = f"{ENCRYPTION}[{name!r}]"
+    wrapped, key_iv, key_tag, iv, tags = (b64decode(raw[f], f"{what}.{f}") for f in fields)
+    if len(wrapped) != header.cipher.key_size or len(key_iv) != KEY_IV_SIZE or len(key_tag) != TAG_SIZE:
+        raise FormatError(f"{what}: wrapped key, key_iv or key_tag has the wrong length")
+    if header.version == "1":
+        if entry.nbytes == 0 and iv == b"" and tags == b"":
+            return EncryptedTensor(wrapped, key_iv, key_tag, b"", ())
+        if len(iv) != NONCE_SIZE or len(tags) != TAG_SIZE:
+            raise FormatError(f"{what}: iv must be {NONCE_SIZE} bytes and tag {TAG_SIZE}")
+        return EncryptedTensor(wrapped, key_iv, key_tag, iv, (tags,))
+    chunks = chunk_count(entry.nbytes, header.chunk_size)
+    if len(iv) != NONCE_SIZE:
+        raise FormatError(f"{what}: base_iv must be {NONCE_SIZE} bytes")
+    if len(tags) != chunks * TAG_SIZE:
+        raise FormatError(f"{what}: {len(tags) // TAG_SIZE} tags for {chunks} chunks")
+    if not counter_fits(iv, chunks):
+        raise FormatError(f"{what}: {chunks} chunks overflow the 32-bit nonce counter of base_iv")
+    return EncryptedTensor(wrapped, key_iv, key_tag, iv, _split(tags, TAG_SIZE))
+
+
+@dataclass(frozen=True)
+class _Partial:
+    version: str
+    chunk_size: int
+    cipher: Algorithm
+
+
+def _integrity(raw: Any, header: Header, encrypted: dict[str, EncryptedTensor]) -> Integrity:
+    if not isinstance(raw, dict) or set(raw) != {"alg", "chunk_size", "tensors"}:
+        raise FormatError(f"{EXTENSIONS}.integrity must have exactly the fields alg, chunk_size, tensors")
+    alg, chunk_size, tensors = raw["alg"], raw["chunk_size"], raw["tensors"]
+    if alg not in DIGEST_ALGORITHMS:
+        raise UnsupportedError(f"{EXTENSIONS}.integrity: unknown digest algorithm {alg!r}")
+    if not (isinstance(chunk_size, int) and not isinstance(chunk_size, bool) and chunk_size > 0):
+        raise FormatError(f"{EXTENSIONS}.integrity.chunk_size must be a positive integer")
+    if not isinstance(tensors, dict):
+        raise FormatError(f"{EXTENSIONS}.integrity.tensors must be an object")
+    plain = set(header.tensors) - set(encrypted)
+    if set(tensors) != plain:
+        raise FormatError(f"{EXTENSIONS}.integrity must list exactly the unencrypted tensors")
+    size = DIGEST_ALGORITHMS[alg]
+    digests = {}
+    for name, value in tensors.items():
+        blob = b64decode(value, f"{EXTENSIONS}.integrity[{name!r}]")
+        if len(blob) != chunk_count(header.tensors[name].nbytes, chunk_size) * size:
+            raise FormatError(f"{EXTENSIONS}.integrity[{name!r}]: digest count does not match the chunk count")
+        digests[name] = _split(blob, size)
+    return Integrity(alg, chunk_size, digests)
+
+
+def parse_crypto_header(header: Header) -> CryptoHeader | None:
+    """The crypto layer of a validated header, or None for a plain safetensors file."""
+    metadata = header.metadata
+    if not RESERVED_KEYS & set(metadata):
+        return None
+    missing = [k for k in REQUIRED_KEYS if k not in metadata]
+    if missing:
+        raise FormatError(f"CryptoTensors header is incomplete: {', '.join(missing)} missing")
+
+    keys = _json_field(metadata, CRYPTO_KEYS)
+    version = keys.get("version")
+    if version not in ("1", "2"):
+        raise UnsupportedError(f"unsupported CryptoTensors version {version!r}")
+    chunk_size = keys.get("chunk_size", DEFAULT_CHUNK_SIZE) if version == "2" else DEFAULT_CHUNK_SIZE
+    if not (isinstance(chunk_size, int) and not isinstance(chunk_size, bool) and chunk_size > 0):
+        raise FormatError(f"{CRYPTO_KEYS}.chunk_size must be a positive integer")
+    enc, sign = _slot(keys, "enc"), _slot(keys, "sign")
+    cipher = algorithm(enc.alg)
+    if sign.alg.lower().replace("-", "") not in ("ed25519", "eddsa"):
+        raise UnsupportedError(f"unsupported signature algorithm {sign.alg!r}")
+    partial = _Partial(version, chunk_size, cipher)
+
+    encryption = _json_field(metadata, ENCRYPTION)
+    unknown = set(encryption) - set(header.tensors)
+    if unknown:
+        raise FormatError(f"{ENCRYPTION} names tensors the file does not hold: {sorted(unknown)[:3]}")
+    encrypted = {
+        name: _encrypted_entry(name, raw, header.tensors[name], partial) for name, raw in encryption.items()
+    }
+
+    policy = _json_field(metadata, POLICY)
+    local, remote = policy.get("local", DEFAULT_POLICY), policy.get("remote", DEFAULT_POLICY)
+    if not isinstance(local, str) or not isinstance(remote, str) or set(policy) - {"local", "remote"}:
+        raise FormatError(f"{POLICY} must hold the strings local and remote, nothing else")
+
+    signature = b64decode(metadata[SIGNATURE], SIGNATURE)
+    if len(signature) != SIGNATURE_SIZE:
+        raise FormatError(f"{SIGNATURE} must be {SIGNATURE_SIZE} bytes")
+
+    integrity = None
+    if EXTENSIONS in metadata:
+        extensions = _json_field(metadata, EXTENSIONS)
+        if "integrity" in extensions:
+            integrity = _integrity(extensions["integrity"], header, encrypted)
+    return CryptoHeader(
+        version, chunk_size, cipher, enc, sign, encrypted, local, remote, signature, integrity
+    )
+
+
+def dumps_compact(obj: Any) -> str:
+    """The JSON form used inside reserved metadata values: compact, keys sorted, like the reference."""
+    return json.dumps(obj, separators=(",", ":"), sort_keys=True, ensure_ascii=False)

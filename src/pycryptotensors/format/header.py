@@ -1,0 +1,147 @@
+"""Parsing and validating the safetensors layer of a file: the untrusted outer header.
+
+Everything here treats input as hostile. The checks run before anything is allocated or decrypted, so a
+crafted header can neither crash the process nor make it allocate more than the file's own size. The rules
+are safetensors' own (size limit, UTF-8, JSON, dtype x shape = byte length, contiguous offsets starting at
+0, no trailing bytes) plus a few stricter ones: duplicate JSON keys and unknown fields are refused, because
+two parsers that resolve them differently would see two different files behind one signature.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import FormatError
+from .dtypes import DTYPES, DType, nbytes_of
+
+MAX_HEADER_SIZE = 100_000_000  # safetensors' limit on N
+PREFIX_SIZE = 8
+_ENTRY_FIELDS = frozenset({"dtype", "shape", "data_offsets"})
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """One tensor as the outer header describes it; offsets are relative to the start of the data area."""
+
+    name: str
+    dtype: DType
+    shape: tuple[int, ...]
+    start: int
+    end: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.start
+
+
+@dataclass(frozen=True)
+class Header:
+    """A validated outer header: metadata (str -> str) and tensors in on-disk order."""
+
+    metadata: dict[str, str]
+    tensors: dict[str, TensorEntry]
+    data_start: int  # absolute file offset of the data area (8 + N)
+    data_len: int
+
+    def in_offset_order(self) -> list[TensorEntry]:
+        """Tensors by data offset; ties (zero-size tensors) keep their on-disk order."""
+        return sorted(self.tensors.values(), key=lambda e: (e.start, e.end))
+
+
+def read_prefix(prefix: bytes, total_size: int) -> int:
+    """Decode the 8-byte header length and check it against the limit and the file's size."""
+    if len(prefix) < PREFIX_SIZE or total_size < PREFIX_SIZE:
+        raise FormatError(f"file too small to be safetensors: {total_size} bytes")
+    (n,) = struct.unpack("<Q", prefix[:PREFIX_SIZE])
+    if n > MAX_HEADER_SIZE:
+        raise FormatError(f"header length {n} exceeds the limit of {MAX_HEADER_SIZE} bytes")
+    if n > total_size - PREFIX_SIZE:
+        raise FormatError(f"header length {n} runs past the end of the file ({total_size} bytes): truncated")
+    if n < 2:
+        raise FormatError(f"header length {n} is too small to hold a JSON object")
+    return n
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise FormatError(f"duplicate key {key!r} in header JSON")
+        result[key] = value
+    return result
+
+
+def _no_constants(name: str) -> Any:
+    raise FormatError(f"non-standard JSON constant {name} in header")
+
+
+def loads_strict(text: str | bytes, what: str) -> Any:
+    """JSON without duplicate keys or NaN/Infinity; every failure becomes a FormatError."""
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+    except FormatError:
+        raise
+    except (ValueError, RecursionError) as exc:
+        raise FormatError(f"{what} is not valid JSON: {exc}") from None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _entry(name: str, raw: Any) -> TensorEntry:
+    if not isinstance(raw, dict) or set(raw) != _ENTRY_FIELDS:
+        raise FormatError(f"tensor {name!r}: entry must have exactly the fields dtype, shape, data_offsets")
+    dtype = DTYPES.get(raw["dtype"]) if isinstance(raw["dtype"], str) else None
+    if dtype is None:
+        raise FormatError(f"tensor {name!r}: unknown dtype {raw['dtype']!r}")
+    shape, offsets = raw["shape"], raw["data_offsets"]
+    if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+        raise FormatError(f"tensor {name!r}: shape must be a list of non-negative integers")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) and o >= 0 for o in offsets)):
+        raise FormatError(f"tensor {name!r}: data_offsets must be two non-negative integers")
+    start, end = offsets
+    if start > end:
+        raise FormatError(f"tensor {name!r}: data_offsets [{start}, {end}] run backwards")
+    expected = nbytes_of(dtype, tuple(shape))
+    if expected is None or expected != end - start:
+        raise FormatError(
+            f"tensor {name!r}: {dtype.name}{shape} needs {expected} bytes but data_offsets span {end - start}"
+        )
+    return TensorEntry(name, dtype, tuple(shape), start, end)
+
+
+def parse_header(header_bytes: bytes, data_start: int, data_len: int) -> Header:
+    """Validate the JSON header of a file whose data area holds exactly ``data_len`` bytes."""
+    try:
+        text = header_bytes.decode("utf-8")
+    except UnicodeDecodeError:
+        raise FormatError("header is not valid UTF-8") from None
+    if not text.startswith("{"):
+        raise FormatError("header does not start with '{'")
+    document = loads_strict(text, "header")
+    if not isinstance(document, dict):
+        raise FormatError("header is not a JSON object")
+
+    metadata = document.pop("__metadata__", None)
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise FormatError("__metadata__ must map strings to strings")
+
+    tensors = {name: _entry(name, raw) for name, raw in document.items()}
+    position = 0
+    for entry in sorted(tensors.values(), key=lambda e: (e.start, e.end)):
+        if entry.start != position:
+            problem = "overlaps the previous tensor" if entry.start < position else "leaves a gap before it"
+            raise FormatError(f"tensor {entry.name!r} at offset {entry.start} {problem} (expected {position})")
+        position = entry.end
+    if position != data_len:
+        raise FormatError(
+            f"tensors cover {position} bytes but the data area holds {data_len}: "
+            + ("truncated file" if position > data_len else "trailing bytes")
+        )
+    return Header(metadata, tensors, data_start, data_len)

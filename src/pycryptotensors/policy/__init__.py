@@ -1,0 +1,5 @@
+"""Access policy: the Rego modules a file carries, evaluated with regopy."""
+
+from .rego import PolicyDecision, check_policy, evaluate_policy, local_input
+
+__all__ = ["PolicyDecision", "check_policy", "evaluate_policy", "local_input"]

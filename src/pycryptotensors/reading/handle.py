@@ -1,0 +1,179 @@
+"""``safe_open``: the lazy handle frameworks use, with the same shape as ``safetensors.safe_open``.
+
+Opening verifies the header and unwraps the data keys (nothing else is read); ``get_tensor`` reads and
+decrypts one tensor; ``get_slice(name)[...]`` reads and decrypts only the chunks under the selection.
+Plain safetensors files are handed to the ``safetensors`` package itself, untouched and at its speed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from types import ModuleType
+from typing import Any
+
+from ..config import LoadOptions, load_options
+from ..errors import CryptoTensorsError, UnsupportedError
+from ..format.crypto_header import RESERVED_KEYS, CryptoHeader
+from ..format.header import TensorEntry
+from .reader import OpenedFile, open_file
+from .slicing import cut, select
+from .source import BytesSource, FileSource
+
+_FRAMEWORKS = {"np": "numpy", "numpy": "numpy", "pt": "torch", "torch": "torch"}
+
+
+def framework_module(framework: str) -> ModuleType:
+    """The front-end module (``pycryptotensors.numpy`` / ``.torch``) that builds tensors for a framework."""
+    try:
+        return importlib.import_module(f"pycryptotensors.{_FRAMEWORKS[framework]}")
+    except KeyError:
+        raise UnsupportedError(f"unsupported framework {framework!r}: use 'np' or 'pt'") from None
+
+
+def user_metadata(metadata: dict[str, str]) -> dict[str, str] | None:
+    """Metadata with the reserved CryptoTensors keys hidden; None when nothing is left, like safetensors."""
+    visible = {k: v for k, v in metadata.items() if k not in RESERVED_KEYS}
+    return visible or None
+
+
+class TensorSlice:
+    """What ``get_slice`` returns: shape and dtype without reading, and ``[...]`` that reads only what it needs."""
+
+    def __init__(self, file: OpenedFile, entry: TensorEntry, frontend: ModuleType, device: str) -> None:
+        self._file, self._entry, self._frontend, self._device = file, entry, frontend, device
+
+    def get_shape(self) -> list[int]:
+        return list(self._entry.shape)
+
+    def get_dtype(self) -> str:
+        return self._entry.dtype.name
+
+    def __getitem__(self, index: Any) -> Any:
+        entry = self._entry
+        selection = select(entry.shape, index)
+        if entry.dtype.bits % 8:
+            raise UnsupportedError(f"slicing {entry.dtype.name} tensors is not supported; read them whole")
+        itemsize = entry.dtype.itemsize
+        if selection.empty:
+            data = _empty_bytes()
+        elif selection.shape == entry.shape and all(step == 1 for step in selection.steps):
+            data = self._file.tensor_bytes(entry.name)
+        else:
+            first, last = selection.element_span()
+            buffer, start = self._file.range_bytes(entry.name, first * itemsize, (last + 1) * itemsize)
+            data = cut(selection, buffer, start, itemsize).reshape(-1)
+        return self._frontend.to_tensor(data, entry.dtype, selection.shape, self._device)
+
+
+def _empty_bytes() -> Any:
+    import numpy as np
+
+    return np.empty(0, dtype=np.uint8)
+
+
+class safe_open:  # noqa: N801 - the name safetensors users already know
+    """Open a CryptoTensors (or plain safetensors) file lazily.
+
+    ``config`` is the reference's dict (``enc_key``, ``sign_key``), a :class:`~pycryptotensors.KeyRing`, or
+    :class:`~pycryptotensors.LoadOptions`; keys not given come from ``CRYPTOTENSOR_KEYS``. ``backend`` is
+    accepted for safetensors 0.8 compatibility and passed on for plain files.
+    """
+
+    def __init__(
+        self,
+        filename: str | os.PathLike[str],
+        framework: str,
+        device: str = "cpu",
+        config: LoadOptions | dict[str, Any] | None = None,
+        *,
+        backend: str | None = None,
+    ) -> None:
+        self._frontend = framework_module(framework)
+        self._device = str(device)
+        self._plain: Any = None
+        self._file: OpenedFile | None = None
+        source = FileSource(filename)
+        try:
+            opened = open_file(source, load_options(config), framework, self._device)
+        except BaseException:
+            source.close()
+            raise
+        if opened.crypto is None:
+            opened.close()
+            import safetensors
+
+            kwargs = {"backend": backend} if backend is not None else {}
+            self._plain = safetensors.safe_open(os.fspath(filename), framework, device=device, **kwargs)
+        else:
+            self._file = opened
+
+    @classmethod
+    def from_bytes(cls, data: bytes, framework: str, config: Any = None) -> safe_open:
+        """A handle over a file held in memory (used by ``load``); plain data is refused here."""
+        handle = cls.__new__(cls)
+        handle._frontend = framework_module(framework)
+        handle._device = "cpu"
+        handle._plain = None
+        handle._file = open_file(BytesSource(data), load_options(config), framework, "cpu")
+        return handle
+
+    def _opened(self) -> OpenedFile:
+        if self._file is None:
+            raise CryptoTensorsError("file is closed")
+        return self._file
+
+    def __enter__(self) -> safe_open:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if getattr(self, "_file", None) is not None:
+            self._file.close()
+            self._file = None
+        if getattr(self, "_plain", None) is not None:
+            self._plain.__exit__(None, None, None)
+            self._plain = None
+
+    def keys(self) -> list[str]:
+        if self._plain is not None:
+            return self._plain.keys()
+        return sorted(self._opened().header.tensors)
+
+    def offset_keys(self) -> list[str]:
+        if self._plain is not None:
+            return self._plain.offset_keys()
+        return [e.name for e in self._opened().header.in_offset_order()]
+
+    def metadata(self) -> dict[str, str] | None:
+        """User metadata; the reserved CryptoTensors entries are hidden (see :meth:`crypto_header`)."""
+        if self._plain is not None:
+            return self._plain.metadata()
+        return user_metadata(self._opened().header.metadata)
+
+    def crypto_header(self) -> CryptoHeader | None:
+        """The parsed, verified crypto layer (no key material), or None for a plain file."""
+        if self._plain is not None:
+            return None
+        return self._opened().crypto
+
+    def get_tensor(self, name: str) -> Any:
+        if self._plain is not None:
+            return self._plain.get_tensor(name)
+        opened = self._opened()
+        entry = opened.entry(name)
+        return self._frontend.to_tensor(opened.tensor_bytes(name), entry.dtype, entry.shape, self._device)
+
+    def get_slice(self, name: str) -> Any:
+        if self._plain is not None:
+            return self._plain.get_slice(name)
+        opened = self._opened()
+        return TensorSlice(opened, opened.entry(name), self._frontend, self._device)
+
+    def get_tensors(self) -> dict[str, Any]:
+        return {name: self.get_tensor(name) for name in self.offset_keys()}

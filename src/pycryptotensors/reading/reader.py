@@ -1,0 +1,118 @@
+"""Opening a file: header -> validation -> trust and keys -> policy -> data keys, in that order, once.
+
+After ``open_file`` returns, the header is authentic, the policy allowed the load, and every data key is
+unwrapped in memory; reading a tensor then touches only that tensor's bytes (or, for a slice, only the
+chunks that cover it), authenticating each before any of it is returned.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..cipher.aead import unwrap_key
+from ..cipher.chunks import SPAN_BYTES, ChunkRange, decrypt_chunks, decrypt_whole, read_plain
+from ..config import LoadOptions
+from ..errors import FormatError, PolicyDeniedError, WrongKeyError
+from ..format.crypto_header import CryptoHeader, parse_crypto_header
+from ..format.header import PREFIX_SIZE, Header, TensorEntry, parse_header, read_prefix
+from ..format.signing import verify_header
+from ..policy.rego import evaluate_policy, local_input
+from .source import ByteSource
+
+
+def read_header(source: ByteSource) -> Header:
+    n = read_prefix(source.read(0, min(PREFIX_SIZE, source.size)), source.size)
+    data_start = PREFIX_SIZE + n
+    return parse_header(source.read(PREFIX_SIZE, n), data_start, source.size - data_start)
+
+
+@dataclass
+class OpenedFile:
+    source: ByteSource
+    header: Header
+    crypto: CryptoHeader | None
+    data_keys: dict[str, bytes]
+
+    def entry(self, name: str) -> TensorEntry:
+        try:
+            return self.header.tensors[name]
+        except KeyError:
+            raise KeyError(f"no tensor named {name!r} in {self.source.path}") from None
+
+    def tensor_bytes(self, name: str) -> np.ndarray:
+        """The whole tensor as a new uint8 array the caller owns."""
+        entry = self.entry(name)
+        buffer, _ = self.range_bytes(name, 0, entry.nbytes)
+        return buffer
+
+    def range_bytes(self, name: str, lo: int, hi: int) -> tuple[np.ndarray, int]:
+        """Authenticated bytes covering ``[lo, hi)`` of a tensor, and the tensor offset they start at.
+
+        The result is widened to whole chunks: AEAD tags and digests authenticate chunks, not bytes.
+        """
+        entry = self.entry(name)
+        origin = self.header.data_start + entry.start
+        crypto = self.crypto
+        if crypto is not None and name in crypto.encrypted:
+            sealed = crypto.encrypted[name]
+            key = self.data_keys[name]
+            if crypto.version == "1":
+                if entry.nbytes == 0:
+                    return np.empty(0, dtype=np.uint8), 0
+                return decrypt_whole(self.source, origin, entry.nbytes, crypto.cipher, key, sealed.iv, sealed.tags[0]), 0
+            chunks = _covering(origin, entry.nbytes, crypto.chunk_size, lo, hi)
+            out = np.empty(_span_bytes(chunks), dtype=np.uint8)
+            decrypt_chunks(self.source, chunks, crypto.cipher, key, sealed.iv, sealed.tags, out)
+            return out, chunks.byte_lo
+        if crypto is not None and crypto.integrity is not None:
+            chunks = _covering(origin, entry.nbytes, crypto.integrity.chunk_size, lo, hi)
+            out = np.empty(_span_bytes(chunks), dtype=np.uint8)
+            read_plain(self.source, chunks, out, crypto.integrity.digests[name])
+            return out, chunks.byte_lo
+        out = np.empty(hi - lo, dtype=np.uint8)
+        exact = ChunkRange(origin + lo, hi - lo, SPAN_BYTES, 0, max(1, -(-(hi - lo) // SPAN_BYTES)))
+        read_plain(self.source, exact, out, None)
+        return out, lo
+
+    def close(self) -> None:
+        self.data_keys.clear()
+        self.source.close()
+
+
+def _covering(origin: int, nbytes: int, chunk_size: int, lo: int, hi: int) -> ChunkRange:
+    first = lo // chunk_size
+    stop = max(first + 1, -(-hi // chunk_size))
+    return ChunkRange(origin, nbytes, chunk_size, first, stop)
+
+
+def _span_bytes(chunks: ChunkRange) -> int:
+    return chunks.bounds(chunks.stop - 1)[1] - chunks.byte_lo
+
+
+def open_file(source: ByteSource, options: LoadOptions, framework: str, device: str) -> OpenedFile:
+    """Validate, verify, check policy and unwrap keys; raises before returning anything on any failure."""
+    header = read_header(source)
+    crypto = parse_crypto_header(header)
+    if crypto is None:
+        return OpenedFile(source, header, None, {})
+    verify_key = options.keyring.verify_key(crypto.sign)
+    master = options.keyring.master_key(crypto.enc)
+    verify_header(verify_key.public, header, crypto.signature)
+
+    decision = evaluate_policy(crypto.policy_local, local_input(framework, device, options.policy_input))
+    if not decision.allowed:
+        raise PolicyDeniedError(f"the file's local policy denied this load: {decision.reason}")
+
+    if len(master.secret) != crypto.cipher.key_size:
+        raise WrongKeyError(
+            f"the file uses {crypto.cipher.name}, which needs a {crypto.cipher.key_size}-byte master key"
+        )
+    data_keys = {
+        name: unwrap_key(crypto.cipher, master.secret, sealed.wrapped_key, sealed.key_iv, sealed.key_tag)
+        for name, sealed in crypto.encrypted.items()
+    }
+    if any(len(key) != crypto.cipher.key_size for key in data_keys.values()):
+        raise FormatError("an unwrapped data key has the wrong length")
+    return OpenedFile(source, header, crypto, data_keys)

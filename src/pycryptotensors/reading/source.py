@@ -1,0 +1,71 @@
+"""Where a file's bytes come from: an open file (positional reads, thread-safe) or bytes in memory."""
+
+from __future__ import annotations
+
+import os
+from typing import Protocol
+
+from ..errors import FormatError
+
+
+class ByteSource(Protocol):
+    """What the reader needs of a file: its size, positional reads, and a name for messages."""
+
+    path: str
+    size: int
+
+    def readinto(self, offset: int, buf: memoryview) -> None: ...
+
+    def read(self, offset: int, size: int) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
+class FileSource:
+    """Positional reads with ``os.preadv``: no shared file position, so threads can read at once."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        self.fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        self.size = os.fstat(self.fd).st_size
+
+    def readinto(self, offset: int, buf: memoryview) -> None:
+        done = 0
+        while done < len(buf):
+            got = os.preadv(self.fd, [buf[done:]], offset + done)
+            if got == 0:
+                raise FormatError(f"{self.path}: file ended early (truncated while being read)")
+            done += got
+
+    def read(self, offset: int, size: int) -> bytes:
+        buf = bytearray(size)
+        self.readinto(offset, memoryview(buf))
+        return bytes(buf)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class BytesSource:
+    """A file held in memory (``load(bytes)``)."""
+
+    def __init__(self, data: bytes | bytearray | memoryview) -> None:
+        self.data = memoryview(data).cast("B")
+        self.size = len(self.data)
+        self.path = "<bytes>"
+
+    def readinto(self, offset: int, buf: memoryview) -> None:
+        end = offset + len(buf)
+        if end > self.size:
+            raise FormatError("data ended early (truncated)")
+        buf[:] = self.data[offset:end]
+
+    def read(self, offset: int, size: int) -> bytes:
+        if offset + size > self.size:
+            raise FormatError("data ended early (truncated)")
+        return bytes(self.data[offset : offset + size])
+
+    def close(self) -> None:
+        """Nothing to release: the caller owns the bytes."""
