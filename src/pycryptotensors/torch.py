@@ -35,7 +35,10 @@ def to_tensor(data: np.ndarray, dtype: DType, shape: tuple[int, ...], device: st
         torch_dtype = _TORCH_TYPES[dtype.name]
     except KeyError:
         raise UnsupportedError(f"{dtype.name} has no torch type supported here") from None
-    tensor = torch.from_numpy(data).view(torch_dtype).reshape(shape)
+    if data.size == 0:  # torch cannot reinterpret an empty byte tensor (stride 0)
+        tensor = torch.empty(shape, dtype=torch_dtype)
+    else:
+        tensor = torch.from_numpy(data).view(torch_dtype).reshape(shape)
     return tensor if device in ("cpu", "") else tensor.to(device)
 
 

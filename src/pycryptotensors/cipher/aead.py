@@ -85,9 +85,14 @@ def wrap_key(alg: Algorithm, master_key: bytes, data_key: bytes) -> tuple[bytes,
     return sealed[:-TAG_SIZE], key_iv, sealed[-TAG_SIZE:]
 
 
-def unwrap_key(alg: Algorithm, master_key: bytes, wrapped: bytes, key_iv: bytes, key_tag: bytes) -> bytes:
+def unwrap_keys(alg: Algorithm, master_key: bytes, wrapped: dict[str, tuple[bytes, bytes, bytes]]) -> dict[str, bytes]:
+    """Decrypt data keys ``{name: (wrapped_key, key_iv, key_tag)}`` under the master key."""
+    cipher = alg.new(master_key)
     try:
-        return alg.new(master_key).decrypt(key_iv, wrapped + key_tag, None)
+        return {
+            name: cipher.decrypt(key_iv, wrapped_key + key_tag, None)
+            for name, (wrapped_key, key_iv, key_tag) in wrapped.items()
+        }
     except InvalidTag:
         raise WrongKeyError(
             "the master key does not unwrap this file's data keys (wrong key, or a tampered header)"

@@ -14,7 +14,7 @@ import hashlib
 import hmac
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
@@ -26,6 +26,7 @@ from ..errors import IntegrityError
 from .aead import TAG_SIZE, Algorithm, chunk_nonce
 
 SPAN_BYTES = 16 * 1024 * 1024
+DIGEST_SIZE = 32  # SHA-256
 _WORKERS = max(1, min(8, os.cpu_count() or 1))
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
@@ -96,7 +97,7 @@ def _run_spans(chunks: ChunkRange, task: Callable[[int, int], None]) -> None:
 
 def decrypt_chunks(
     source: Source, chunks: ChunkRange, alg: Algorithm, data_key: bytes, base_iv: bytes,
-    tags: Sequence[bytes], out: np.ndarray,
+    tags: bytes, out: np.ndarray,
 ) -> None:
     """Decrypt and authenticate the chunks into ``out`` (uint8, starting at the first chunk's byte)."""
     view = memoryview(out)
@@ -108,7 +109,7 @@ def decrypt_chunks(
             lo, hi = chunks.bounds(index)
             size = hi - lo
             source.readinto(chunks.origin + lo, scratch[:size])
-            scratch[size : size + TAG_SIZE] = tags[index]
+            scratch[size : size + TAG_SIZE] = tags[index * TAG_SIZE : (index + 1) * TAG_SIZE]
             dst = lo - chunks.byte_lo
             cipher.decrypt_into(chunk_nonce(base_iv, index), scratch[: size + TAG_SIZE], None, view[dst : dst + size])
 
@@ -137,8 +138,8 @@ def decrypt_whole(source: Source, origin: int, nbytes: int, alg: Algorithm, data
     return buf[:nbytes]
 
 
-def read_plain(source: Source, chunks: ChunkRange, out: np.ndarray, digests: Sequence[bytes] | None) -> None:
-    """Read plaintext chunks into ``out``; with digests, check each chunk's SHA-256 before returning."""
+def read_plain(source: Source, chunks: ChunkRange, out: np.ndarray, digests: bytes | None) -> None:
+    """Read plaintext chunks into ``out``; with (concatenated) digests, check each chunk's SHA-256."""
     view = memoryview(out)
 
     def task(first: int, stop: int) -> None:
@@ -150,8 +151,8 @@ def read_plain(source: Source, chunks: ChunkRange, out: np.ndarray, digests: Seq
             return
         for index in range(first, stop):
             a, b = chunks.bounds(index)
-            if not hmac.compare_digest(hashlib.sha256(view[a - chunks.byte_lo : b - chunks.byte_lo]).digest(),
-                                       digests[index]):
+            expected = digests[index * DIGEST_SIZE : (index + 1) * DIGEST_SIZE]
+            if not hmac.compare_digest(hashlib.sha256(view[a - chunks.byte_lo : b - chunks.byte_lo]).digest(), expected):
                 raise IntegrityError(f"an unencrypted chunk ({index}) does not match its signed digest")
 
     try:
@@ -180,14 +181,14 @@ def encrypt_chunks(sink: Sink, chunks: ChunkRange, alg: Algorithm, data_key: byt
     return tags
 
 
-def write_plain(sink: Sink, chunks: ChunkRange, data: memoryview, digest_size: int | None) -> list[bytes]:
-    """Copy a plaintext tensor to ``sink``; returns per-chunk SHA-256 digests when ``digest_size`` is set."""
+def write_plain(sink: Sink, chunks: ChunkRange, data: memoryview, with_digests: bool) -> list[bytes]:
+    """Copy a plaintext tensor to ``sink``; returns its per-chunk SHA-256 digests when asked."""
     digests: list[bytes] = [b""] * (chunks.stop - chunks.first)
 
     def task(first: int, stop: int) -> None:
         lo, hi = chunks.bounds(first)[0], chunks.bounds(stop - 1)[1]
         sink.writeat(chunks.origin + lo, data[lo:hi])
-        if digest_size is not None:
+        if with_digests:
             for index in range(first, stop):
                 a, b = chunks.bounds(index)
                 digests[index] = hashlib.sha256(data[a:b]).digest()

@@ -8,7 +8,6 @@ of them stripped is refused rather than read as plain safetensors. Our own exten
 
 from __future__ import annotations
 
-import base64
 import binascii
 import json
 from dataclasses import dataclass
@@ -46,15 +45,16 @@ class KeySlot:
 class EncryptedTensor:
     """A tensor's wrapped data key and its AEAD parameters.
 
-    ``iv`` is the whole-tensor nonce in version 1 and the base nonce in version 2; ``tags`` holds one tag
-    per chunk (version 2) or the single tag (version 1; none for an empty version-1 tensor).
+    ``iv`` is the whole-tensor nonce in version 1 and the base nonce in version 2; ``tags`` is the
+    concatenated 16-byte tags, one per chunk (version 2) or the single tag (version 1; none for an empty
+    version-1 tensor).
     """
 
     wrapped_key: bytes
     key_iv: bytes
     key_tag: bytes
     iv: bytes
-    tags: tuple[bytes, ...]
+    tags: bytes
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ class Integrity:
 
     alg: str
     chunk_size: int
-    digests: dict[str, tuple[bytes, ...]]
+    digests: dict[str, bytes]  # concatenated per-chunk digests
 
 
 @dataclass(frozen=True)
@@ -92,17 +92,13 @@ def b64decode(value: Any, what: str) -> bytes:
     if not isinstance(value, str):
         raise FormatError(f"{what} must be a base64 string")
     try:
-        return base64.b64decode(value, validate=True)
+        return binascii.a2b_base64(value, strict_mode=True)
     except (binascii.Error, ValueError):
         raise FormatError(f"{what} is not valid base64") from None
 
 
 def b64encode(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-def _split(blob: bytes, size: int) -> tuple[bytes, ...]:
-    return tuple(blob[i : i + size] for i in range(0, len(blob), size))
+    return binascii.b2a_base64(data, newline=False).decode("ascii")
 
 
 def _json_field(metadata: dict[str, str], key: str) -> dict[str, Any]:
@@ -131,22 +127,24 @@ def _slot(keys: dict[str, Any], role: str) -> KeySlot:
     return KeySlot(alg, _optional_str(slot, "kid", role), _optional_str(slot, "jku", role))
 
 
+_V1_FIELDS = ("wrapped_key", "key_iv", "key_tag", "iv", "tag")
+_V2_FIELDS = ("wrapped_key", "key_iv", "key_tag", "base_iv", "tags")
+
+
 def _encrypted_entry(name: str, raw: Any, entry: TensorEntry, header: _Partial) -> EncryptedTensor:
-    fields = ("wrapped_key", "key_iv", "key_tag", "iv", "tag") if header.version == "1" else (
-        "wrapped_key", "key_iv", "key_tag", "base_iv", "tags"
-    )
-    if not isinstance(raw, dict) or set(raw) != set(fields):
-        raise FormatError(f"{ENCRYPTION}[{name!r}] must have exactly the fields {', '.join(fields)}")
+    fields = _V1_FIELDS if header.version == "1" else _V2_FIELDS
     what = f"{ENCRYPTION}[{name!r}]"
-    wrapped, key_iv, key_tag, iv, tags = (b64decode(raw[f], f"{what}.{f}") for f in fields)
+    if not isinstance(raw, dict) or len(raw) != 5 or not all(f in raw for f in fields):
+        raise FormatError(f"{what} must have exactly the fields {', '.join(fields)}")
+    wrapped, key_iv, key_tag, iv, tags = [b64decode(raw[f], what) for f in fields]
     if len(wrapped) != header.cipher.key_size or len(key_iv) != KEY_IV_SIZE or len(key_tag) != TAG_SIZE:
         raise FormatError(f"{what}: wrapped key, key_iv or key_tag has the wrong length")
     if header.version == "1":
         if entry.nbytes == 0 and iv == b"" and tags == b"":
-            return EncryptedTensor(wrapped, key_iv, key_tag, b"", ())
+            return EncryptedTensor(wrapped, key_iv, key_tag, b"", b"")
         if len(iv) != NONCE_SIZE or len(tags) != TAG_SIZE:
             raise FormatError(f"{what}: iv must be {NONCE_SIZE} bytes and tag {TAG_SIZE}")
-        return EncryptedTensor(wrapped, key_iv, key_tag, iv, (tags,))
+        return EncryptedTensor(wrapped, key_iv, key_tag, iv, tags)
     chunks = chunk_count(entry.nbytes, header.chunk_size)
     if len(iv) != NONCE_SIZE:
         raise FormatError(f"{what}: base_iv must be {NONCE_SIZE} bytes")
@@ -154,7 +152,7 @@ def _encrypted_entry(name: str, raw: Any, entry: TensorEntry, header: _Partial) 
         raise FormatError(f"{what}: {len(tags) // TAG_SIZE} tags for {chunks} chunks")
     if not counter_fits(iv, chunks):
         raise FormatError(f"{what}: {chunks} chunks overflow the 32-bit nonce counter of base_iv")
-    return EncryptedTensor(wrapped, key_iv, key_tag, iv, _split(tags, TAG_SIZE))
+    return EncryptedTensor(wrapped, key_iv, key_tag, iv, tags)
 
 
 @dataclass(frozen=True)
@@ -183,7 +181,7 @@ def _integrity(raw: Any, header: Header, encrypted: dict[str, EncryptedTensor]) 
         blob = b64decode(value, f"{EXTENSIONS}.integrity[{name!r}]")
         if len(blob) != chunk_count(header.tensors[name].nbytes, chunk_size) * size:
             raise FormatError(f"{EXTENSIONS}.integrity[{name!r}]: digest count does not match the chunk count")
-        digests[name] = _split(blob, size)
+        digests[name] = blob
     return Integrity(alg, chunk_size, digests)
 
 

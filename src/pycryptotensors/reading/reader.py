@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..cipher.aead import unwrap_key
+from ..cipher.aead import unwrap_keys
 from ..cipher.chunks import SPAN_BYTES, ChunkRange, decrypt_chunks, decrypt_whole, read_plain
 from ..config import LoadOptions
 from ..errors import FormatError, PolicyDeniedError, WrongKeyError
@@ -61,7 +61,7 @@ class OpenedFile:
             if crypto.version == "1":
                 if entry.nbytes == 0:
                     return np.empty(0, dtype=np.uint8), 0
-                return decrypt_whole(self.source, origin, entry.nbytes, crypto.cipher, key, sealed.iv, sealed.tags[0]), 0
+                return decrypt_whole(self.source, origin, entry.nbytes, crypto.cipher, key, sealed.iv, sealed.tags), 0
             chunks = _covering(origin, entry.nbytes, crypto.chunk_size, lo, hi)
             out = np.empty(_span_bytes(chunks), dtype=np.uint8)
             decrypt_chunks(self.source, chunks, crypto.cipher, key, sealed.iv, sealed.tags, out)
@@ -109,10 +109,8 @@ def open_file(source: ByteSource, options: LoadOptions, framework: str, device: 
         raise WrongKeyError(
             f"the file uses {crypto.cipher.name}, which needs a {crypto.cipher.key_size}-byte master key"
         )
-    data_keys = {
-        name: unwrap_key(crypto.cipher, master.secret, sealed.wrapped_key, sealed.key_iv, sealed.key_tag)
-        for name, sealed in crypto.encrypted.items()
-    }
+    wrapped = {name: (s.wrapped_key, s.key_iv, s.key_tag) for name, s in crypto.encrypted.items()}
+    data_keys = unwrap_keys(crypto.cipher, master.secret, wrapped)
     if any(len(key) != crypto.cipher.key_size for key in data_keys.values()):
         raise FormatError("an unwrapped data key has the wrong length")
     return OpenedFile(source, header, crypto, data_keys)

@@ -144,7 +144,7 @@ def _write(sink: Sink, planned: list[_Planned], data_start: int, options: SaveOp
         e = item.entry
         chunks = ChunkRange(data_start + e.start, e.nbytes, options.chunk_size, 0, chunk_count(e.nbytes, options.chunk_size))
         if item.data_key is None:
-            digests = write_plain(sink, chunks, item.data, 32 if options.integrity else None)
+            digests = write_plain(sink, chunks, item.data, options.integrity)
             if options.integrity:
                 item.tags = digests
         elif options.version == "2":

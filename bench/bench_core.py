@@ -1,0 +1,229 @@
+"""Core benchmark: pycryptotensors against plain safetensors (and the reference library), same run.
+
+Prints one table: case, plain safetensors, ours, reference ``cryptotensors``, ratio (ours / plain).
+Page cache warm; each figure is the median of ``--repeat`` runs. Peak-memory cases run in a child process
+so that their high-water mark is their own.
+
+    python bench/bench_core.py [--size-mib 1024] [--repeat 5] [--dir /tmp]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+import pycryptotensors as pc
+import pycryptotensors.numpy as ours_np
+import pycryptotensors.torch as ours_pt
+
+MiB = 1024 * 1024
+
+
+def median_time(fn: Callable[[], object], repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - start)
+        del result
+    return statistics.median(times)
+
+
+def touch(tensors: dict) -> float:
+    return float(sum(t.sum() for t in tensors.values()))
+
+
+def keys() -> tuple[dict, dict]:
+    master, signer = pc.generate_master_key(kid="bench-enc"), pc.generate_signing_key(kid="bench-sign")
+    config = {"enc_key": master.to_jwk("reference"), "sign_key": signer.to_jwk("reference")}
+    return config, {"keys": [config["enc_key"], signer.verify_key.to_jwk("reference")]}
+
+
+def model(total_bytes: int, count: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return {f"layer{i:02d}.weight": rng.standard_normal(total_bytes // count // 4, dtype=np.float32) for i in range(count)}
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def save_child(kind: str, path: str, size: int, config_json: str) -> None:
+    """Run in a child: build the tensors, then report the extra peak RSS and the time of one save."""
+    tensors = model(size, 16)
+    with open("/proc/self/clear_refs", "w") as f:  # reset the high-water mark (Linux >= 4.0)
+        f.write("5")
+    baseline = _status_kib("VmRSS")
+    start = time.perf_counter()
+    if kind == "plain":
+        import safetensors.numpy
+
+        safetensors.numpy.save_file(tensors, path)
+    elif kind == "ours":
+        ours_np.save_file(tensors, path, config=json.loads(config_json))
+    else:
+        import cryptotensors.numpy
+
+        cryptotensors.numpy.save_file(tensors, path, config=json.loads(config_json))
+    elapsed = time.perf_counter() - start
+    extra = (_status_kib("VmHWM") - baseline) / 1024
+    print(json.dumps({"seconds": elapsed, "extra_mib": extra}))
+
+
+def run_save(kind: str, path: str, size: int, config: dict, repeat: int) -> tuple[float, float]:
+    runs = []
+    for _ in range(repeat):
+        out = subprocess.run(
+            [sys.executable, __file__, "--child-save", kind, path, str(size), json.dumps(config)],
+            check=True, capture_output=True, text=True,
+        )
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    return statistics.median(r["seconds"] for r in runs), max(r["extra_mib"] for r in runs)
+
+
+def have_reference() -> bool:
+    try:
+        import cryptotensors  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size-mib", type=int, default=1024, help="model size for the load/save cases")
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--dir", default=None, help="where to write the benchmark files")
+    parser.add_argument("--child-save", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child_save:
+        kind, path, size, config_json = args.child_save
+        save_child(kind, path, int(size), config_json)
+        return
+
+    import safetensors
+    import safetensors.numpy
+    import safetensors.torch
+
+    reference = have_reference()
+    if reference:
+        import cryptotensors
+        import cryptotensors.numpy
+        import cryptotensors.torch
+    config, env_keys = keys()
+    os.environ["CRYPTOTENSOR_KEYS"] = json.dumps(env_keys)  # how the reference's load_file finds keys
+    size = args.size_mib * MiB
+    rows: list[tuple[str, float | None, float | None, float | None, str]] = []
+
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        plain, ours, ref = (os.path.join(tmp, n) for n in ("plain.safetensors", "ours.ct", "ref.ct"))
+        tensors = model(size, 16)
+        safetensors.numpy.save_file(tensors, plain)
+        ours_np.save_file(tensors, ours, config=config)
+        if reference:
+            cryptotensors.numpy.save_file(tensors, ref, config=config)
+        del tensors
+
+        label = f"full load {args.size_mib} MiB / 16 tensors"
+        for fw, plain_load, our_load, ref_load in (
+            ("numpy", safetensors.numpy.load_file, ours_np.load_file,
+             cryptotensors.numpy.load_file if reference else None),
+            ("torch", safetensors.torch.load_file, ours_pt.load_file,
+             cryptotensors.torch.load_file if reference else None),
+        ):
+            # Every tensor is summed: safetensors' torch loader maps the file lazily, and a model load reads
+            # every byte, so "loaded" means "the values were read".
+            p = median_time(lambda f=plain_load: touch(f(plain)), args.repeat)
+            o = median_time(lambda f=our_load: touch(f(ours)), args.repeat)
+            r = median_time(lambda f=ref_load: touch(f(ref)), args.repeat) if ref_load else None
+            rows.append((f"{label}, {fw}", p, o, r, f"{o / p:.2f}x"))
+
+        # One 64 MiB tensor: a 1 KiB slice against decrypting the whole tensor.
+        big = {"big": np.random.default_rng(1).standard_normal(16 * MiB, dtype=np.float32).reshape(4096, 4096)}
+        plain_big, ours_big, ref_big = (os.path.join(tmp, n) for n in ("big.safetensors", "big.ct", "big-ref.ct"))
+        safetensors.numpy.save_file(big, plain_big)
+        ours_np.save_file(big, ours_big, config=config)
+        if reference:
+            cryptotensors.numpy.save_file(big, ref_big, config=config)
+        window = (slice(1000, 1001), slice(512, 768))  # 256 float32 = 1 KiB
+
+        def slice_of(opener: Callable[..., object], path: str, **kw: object) -> Callable[[], object]:
+            def run() -> object:
+                with opener(path, "np", **kw) as f:
+                    return f.get_slice("big")[window]
+            return run
+
+        def whole_of(path: str) -> Callable[[], object]:
+            def run() -> object:
+                with pc.safe_open(path, "np", config=config) as f:
+                    return f.get_tensor("big")
+            return run
+
+        repeat = max(args.repeat, 20)
+        p = median_time(slice_of(safetensors.safe_open, plain_big), repeat)
+        o = median_time(slice_of(pc.safe_open, ours_big, config=config), repeat)
+        r = median_time(slice_of(cryptotensors.safe_open, ref_big, config=config), repeat) if reference else None
+        whole = median_time(whole_of(ours_big), args.repeat)
+        rows.append(("1 KiB slice of a 64 MiB encrypted tensor (open + slice)", p, o, r, f"{o / p:.2f}x"))
+        rows.append(("  ours: decrypt the whole 64 MiB tensor instead", None, whole, None,
+                     f"slice is {whole / o:.0f}x faster"))
+
+        # safe_open of a file with 1,000 small tensors.
+        many = {f"t{i:04d}": np.full(16, i, dtype=np.float32) for i in range(1000)}
+        plain_many, ours_many, ref_many = (os.path.join(tmp, n) for n in ("many.st", "many.ct", "many-ref.ct"))
+        safetensors.numpy.save_file(many, plain_many)
+        ours_np.save_file(many, ours_many, config=config)
+        if reference:
+            cryptotensors.numpy.save_file(many, ref_many, config=config)
+
+        def open_only(opener: Callable[..., object], path: str, **kw: object) -> Callable[[], object]:
+            def run() -> object:
+                with opener(path, "np", **kw) as f:
+                    return f.keys()
+            return run
+
+        p = median_time(open_only(safetensors.safe_open, plain_many), repeat)
+        o = median_time(open_only(pc.safe_open, ours_many, config=config), repeat)
+        r = median_time(open_only(cryptotensors.safe_open, ref_many, config=config), repeat) if reference else None
+        rows.append(("safe_open, 1,000 tensors", p, o, r, f"{o / p:.1f}x ({o * 1000:.1f} ms)"))
+
+        # Save: time and extra peak memory, each in a fresh child process.
+        save_repeat = max(1, min(args.repeat, 3))
+        p_t, p_m = run_save("plain", plain, size, config, save_repeat)
+        o_t, o_m = run_save("ours", ours, size, config, save_repeat)
+        r_t, r_m = run_save("reference", ref, size, config, save_repeat) if reference else (None, None)
+        rows.append((f"save {args.size_mib} MiB", p_t, o_t, r_t, f"{o_t / p_t:.2f}x"))
+        rows.append((f"  extra peak memory while saving (MiB)", p_m, o_m, r_m, f"+{o_m:.0f} MiB"))
+
+    print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+          f"numpy {np.__version__}, safetensors {safetensors.__version__}")
+    header = f"| {'case':<58} | {'plain safetensors':>17} | {'ours':>10} | {'reference':>10} | {'ratio':<22} |"
+    print(header)
+    print("|" + "|".join("-" * (len(c) + 0) for c in header.split("|")[1:-1]) + "|")
+    for case, p, o, r, ratio in rows:
+        unit = "MiB" if "memory" in case else "s"
+
+        def cell(v: float | None, unit: str = unit) -> str:
+            if v is None:
+                return "-"
+            return f"{v:.0f} MiB" if unit == "MiB" else f"{v:.4f} s"
+
+        print(f"| {case:<58} | {cell(p):>17} | {cell(o):>10} | {cell(r):>10} | {ratio:<22} |")
+
+
+if __name__ == "__main__":
+    main()
