@@ -51,7 +51,9 @@ def keys() -> tuple[dict, dict]:
 
 def model(total_bytes: int, count: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
-    return {f"layer{i:02d}.weight": rng.standard_normal(total_bytes // count // 4, dtype=np.float32) for i in range(count)}
+    return {
+        f"layer{i:02d}.weight": rng.standard_normal(total_bytes // count // 4, dtype=np.float32) for i in range(count)
+    }
 
 
 def _status_kib(field: str) -> int:
@@ -89,7 +91,9 @@ def run_save(kind: str, path: str, size: int, config: dict, repeat: int) -> tupl
     for _ in range(repeat):
         out = subprocess.run(
             [sys.executable, __file__, "--child-save", kind, path, str(size), json.dumps(config)],
-            check=True, capture_output=True, text=True,
+            check=True,
+            capture_output=True,
+            text=True,
         )
         runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
     return statistics.median(r["seconds"] for r in runs), max(r["extra_mib"] for r in runs)
@@ -140,10 +144,18 @@ def main() -> None:
 
         label = f"full load {args.size_mib} MiB / 16 tensors"
         for fw, plain_load, our_load, ref_load in (
-            ("numpy", safetensors.numpy.load_file, ours_np.load_file,
-             cryptotensors.numpy.load_file if reference else None),
-            ("torch", safetensors.torch.load_file, ours_pt.load_file,
-             cryptotensors.torch.load_file if reference else None),
+            (
+                "numpy",
+                safetensors.numpy.load_file,
+                ours_np.load_file,
+                cryptotensors.numpy.load_file if reference else None,
+            ),
+            (
+                "torch",
+                safetensors.torch.load_file,
+                ours_pt.load_file,
+                cryptotensors.torch.load_file if reference else None,
+            ),
         ):
             # Every tensor is summed: safetensors' torch loader maps the file lazily, and a model load reads
             # every byte, so "loaded" means "the values were read".
@@ -165,12 +177,14 @@ def main() -> None:
             def run() -> object:
                 with opener(path, "np", **kw) as f:
                     return f.get_slice("big")[window]
+
             return run
 
         def whole_of(path: str) -> Callable[[], object]:
             def run() -> object:
                 with pc.safe_open(path, "np", config=config) as f:
                     return f.get_tensor("big")
+
             return run
 
         repeat = max(args.repeat, 20)
@@ -179,8 +193,9 @@ def main() -> None:
         r = median_time(slice_of(cryptotensors.safe_open, ref_big, config=config), repeat) if reference else None
         whole = median_time(whole_of(ours_big), args.repeat)
         rows.append(("1 KiB slice of a 64 MiB encrypted tensor (open + slice)", p, o, r, f"{o / p:.2f}x"))
-        rows.append(("  ours: decrypt the whole 64 MiB tensor instead", None, whole, None,
-                     f"slice is {whole / o:.0f}x faster"))
+        rows.append(
+            ("  ours: decrypt the whole 64 MiB tensor instead", None, whole, None, f"slice is {whole / o:.0f}x faster")
+        )
 
         # safe_open of a file with 1,000 small tensors.
         many = {f"t{i:04d}": np.full(16, i, dtype=np.float32) for i in range(1000)}
@@ -194,6 +209,7 @@ def main() -> None:
             def run() -> object:
                 with opener(path, "np", **kw) as f:
                     return f.keys()
+
             return run
 
         p = median_time(open_only(safetensors.safe_open, plain_many), repeat)
@@ -207,10 +223,12 @@ def main() -> None:
         o_t, o_m = run_save("ours", ours, size, config, save_repeat)
         r_t, r_m = run_save("reference", ref, size, config, save_repeat) if reference else (None, None)
         rows.append((f"save {args.size_mib} MiB", p_t, o_t, r_t, f"{o_t / p_t:.2f}x"))
-        rows.append((f"  extra peak memory while saving (MiB)", p_m, o_m, r_m, f"+{o_m:.0f} MiB"))
+        rows.append(("  extra peak memory while saving (MiB)", p_m, o_m, r_m, f"+{o_m:.0f} MiB"))
 
-    print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-          f"numpy {np.__version__}, safetensors {safetensors.__version__}")
+    print(
+        f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"numpy {np.__version__}, safetensors {safetensors.__version__}"
+    )
     header = f"| {'case':<58} | {'plain safetensors':>17} | {'ours':>10} | {'reference':>10} | {'ratio':<22} |"
     print(header)
     print("|" + "|".join("-" * (len(c) + 0) for c in header.split("|")[1:-1]) + "|")

@@ -16,14 +16,42 @@ from pycryptotensors.cipher import chunks as chunk_module
 
 RNG = np.random.default_rng(20251125)
 NUMPY_DTYPES = [
-    np.bool_, np.uint8, np.int8, np.int16, np.uint16, np.float16, ml_dtypes.bfloat16, np.int32, np.uint32,
-    np.float32, np.float64, np.int64, np.uint64, ml_dtypes.float8_e4m3fn, ml_dtypes.float8_e5m2,
-    ml_dtypes.float8_e8m0fnu, np.complex64,
+    np.bool_,
+    np.uint8,
+    np.int8,
+    np.int16,
+    np.uint16,
+    np.float16,
+    ml_dtypes.bfloat16,
+    np.int32,
+    np.uint32,
+    np.float32,
+    np.float64,
+    np.int64,
+    np.uint64,
+    ml_dtypes.float8_e4m3fn,
+    ml_dtypes.float8_e5m2,
+    ml_dtypes.float8_e8m0fnu,
+    np.complex64,
 ]
 TORCH_DTYPES = [
-    torch.bool, torch.uint8, torch.int8, torch.int16, torch.uint16, torch.float16, torch.bfloat16, torch.int32,
-    torch.uint32, torch.float32, torch.float64, torch.int64, torch.uint64, torch.float8_e4m3fn, torch.float8_e5m2,
-    torch.float8_e8m0fnu, torch.complex64,
+    torch.bool,
+    torch.uint8,
+    torch.int8,
+    torch.int16,
+    torch.uint16,
+    torch.float16,
+    torch.bfloat16,
+    torch.int32,
+    torch.uint32,
+    torch.float32,
+    torch.float64,
+    torch.int64,
+    torch.uint64,
+    torch.float8_e4m3fn,
+    torch.float8_e5m2,
+    torch.float8_e8m0fnu,
+    torch.complex64,
 ]
 SHAPES = [(), (0,), (1,), (7,), (3, 0, 2), (5, 3), (2, 3, 4)]
 
@@ -97,9 +125,26 @@ def test_chunk_boundaries(tmp_path, config, load_config, nbytes, encrypted):
 
 
 INDEXES = [
-    (), Ellipsis, 0, -1, 3, slice(None), slice(2, 5), slice(-4, None), slice(None, None, 2), slice(1, 9, 3),
-    slice(None, None, -1), slice(8, 1, -2), slice(100, 200), (slice(1, 3), 2), (Ellipsis, 1), (2, Ellipsis, 0),
-    (slice(None), slice(None, None, -2), slice(1, 2)), (0, 0, 0), (-1, slice(3, 1, -1)), (slice(5, 2),),
+    (),
+    Ellipsis,
+    0,
+    -1,
+    3,
+    slice(None),
+    slice(2, 5),
+    slice(-4, None),
+    slice(None, None, 2),
+    slice(1, 9, 3),
+    slice(None, None, -1),
+    slice(8, 1, -2),
+    slice(100, 200),
+    (slice(1, 3), 2),
+    (Ellipsis, 1),
+    (2, Ellipsis, 0),
+    (slice(None), slice(None, None, -2), slice(1, 2)),
+    (0, 0, 0),
+    (-1, slice(3, 1, -1)),
+    (slice(5, 2),),
 ]
 
 

@@ -15,14 +15,23 @@ from .reading.source import BytesSource
 from .writing.writer import TensorData, encrypt_bytes, encrypt_file
 
 
-def save_file(tensors: Mapping[str, Any], path: str | os.PathLike[str], metadata: Mapping[str, str] | None,
-              config: SaveOptions | Mapping[str, Any] | None, to_data: Callable[[str, Any], TensorData]) -> None:
+def save_file(
+    tensors: Mapping[str, Any],
+    path: str | os.PathLike[str],
+    metadata: Mapping[str, str] | None,
+    config: SaveOptions | Mapping[str, Any] | None,
+    to_data: Callable[[str, Any], TensorData],
+) -> None:
     options = save_options(config)
     encrypt_file([to_data(name, t) for name, t in tensors.items()], path, metadata, options)
 
 
-def save(tensors: Mapping[str, Any], metadata: Mapping[str, str] | None,
-         config: SaveOptions | Mapping[str, Any] | None, to_data: Callable[[str, Any], TensorData]) -> bytes:
+def save(
+    tensors: Mapping[str, Any],
+    metadata: Mapping[str, str] | None,
+    config: SaveOptions | Mapping[str, Any] | None,
+    to_data: Callable[[str, Any], TensorData],
+) -> bytes:
     options = save_options(config)
     return encrypt_bytes([to_data(name, t) for name, t in tensors.items()], metadata, options)
 

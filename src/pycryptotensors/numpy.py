@@ -20,17 +20,31 @@ from .format.dtypes import DTYPES, DType
 from .writing.writer import TensorData
 
 _NUMPY_TYPES: dict[str, Any] = {
-    "BOOL": np.bool_, "U8": np.uint8, "I8": np.int8, "U16": np.uint16, "I16": np.int16, "F16": np.float16,
-    "U32": np.uint32, "I32": np.int32, "F32": np.float32, "U64": np.uint64, "I64": np.int64, "F64": np.float64,
+    "BOOL": np.bool_,
+    "U8": np.uint8,
+    "I8": np.int8,
+    "U16": np.uint16,
+    "I16": np.int16,
+    "F16": np.float16,
+    "U32": np.uint32,
+    "I32": np.int32,
+    "F32": np.float32,
+    "U64": np.uint64,
+    "I64": np.int64,
+    "F64": np.float64,
     "C64": np.complex64,
 }
 try:  # optional: NumPy types for BF16 and F8
     import ml_dtypes
 
-    _NUMPY_TYPES.update({
-        "BF16": ml_dtypes.bfloat16, "F8_E4M3": ml_dtypes.float8_e4m3fn, "F8_E5M2": ml_dtypes.float8_e5m2,
-        "F8_E8M0": ml_dtypes.float8_e8m0fnu,
-    })
+    _NUMPY_TYPES.update(
+        {
+            "BF16": ml_dtypes.bfloat16,
+            "F8_E4M3": ml_dtypes.float8_e4m3fn,
+            "F8_E5M2": ml_dtypes.float8_e5m2,
+            "F8_E8M0": ml_dtypes.float8_e8m0fnu,
+        }
+    )
 except ImportError:  # pragma: no cover - depends on the environment
     pass
 _BY_NUMPY = {np.dtype(t): DTYPES[name] for name, t in _NUMPY_TYPES.items()}
@@ -40,7 +54,9 @@ def _numpy_dtype(dtype: DType) -> np.dtype:
     try:
         return np.dtype(_NUMPY_TYPES[dtype.name])
     except KeyError:
-        raise UnsupportedError(f"{dtype.name} has no NumPy type here (install ml_dtypes, or use framework='pt')") from None
+        raise UnsupportedError(
+            f"{dtype.name} has no NumPy type here (install ml_dtypes, or use framework='pt')"
+        ) from None
 
 
 def to_tensor(data: np.ndarray, dtype: DType, shape: tuple[int, ...], device: str = "cpu") -> np.ndarray:
@@ -60,20 +76,28 @@ def to_data(name: str, array: Any) -> TensorData:
     return TensorData(name, dtype, tuple(array.shape), memoryview(array.reshape(-1).view(np.uint8)))
 
 
-def save_file(tensors: Mapping[str, np.ndarray], filename: str | os.PathLike[str],
-              metadata: Mapping[str, str] | None = None, config: SaveOptions | Mapping[str, Any] | None = None) -> None:
+def save_file(
+    tensors: Mapping[str, np.ndarray],
+    filename: str | os.PathLike[str],
+    metadata: Mapping[str, str] | None = None,
+    config: SaveOptions | Mapping[str, Any] | None = None,
+) -> None:
     """Encrypt and sign ``tensors`` into ``filename`` (written atomically)."""
     _frontend.save_file(tensors, filename, metadata, config, to_data)
 
 
-def save(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None,
-         config: SaveOptions | Mapping[str, Any] | None = None) -> bytes:
+def save(
+    tensors: Mapping[str, np.ndarray],
+    metadata: Mapping[str, str] | None = None,
+    config: SaveOptions | Mapping[str, Any] | None = None,
+) -> bytes:
     """Encrypt and sign ``tensors`` into the bytes of a file."""
     return _frontend.save(tensors, metadata, config, to_data)
 
 
-def load_file(filename: str | os.PathLike[str], device: str = "cpu",
-              config: LoadOptions | Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
+def load_file(
+    filename: str | os.PathLike[str], device: str = "cpu", config: LoadOptions | Mapping[str, Any] | None = None
+) -> dict[str, np.ndarray]:
     """Every tensor of a CryptoTensors or plain safetensors file."""
     return _frontend.load_file(filename, "np", device, config)
 

@@ -20,10 +20,22 @@ from .format.dtypes import DTYPES, DType
 from .writing.writer import TensorData
 
 _TORCH_TYPES: dict[str, torch.dtype] = {
-    "BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8, "U16": torch.uint16, "I16": torch.int16,
-    "F16": torch.float16, "BF16": torch.bfloat16, "U32": torch.uint32, "I32": torch.int32,
-    "F32": torch.float32, "U64": torch.uint64, "I64": torch.int64, "F64": torch.float64,
-    "C64": torch.complex64, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+    "BOOL": torch.bool,
+    "U8": torch.uint8,
+    "I8": torch.int8,
+    "U16": torch.uint16,
+    "I16": torch.int16,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "U32": torch.uint32,
+    "I32": torch.int32,
+    "F32": torch.float32,
+    "U64": torch.uint64,
+    "I64": torch.int64,
+    "F64": torch.float64,
+    "C64": torch.complex64,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
     "F8_E8M0": torch.float8_e8m0fnu,
 }
 _BY_TORCH = {t: DTYPES[name] for name, t in _TORCH_TYPES.items()}
@@ -54,21 +66,28 @@ def to_data(name: str, tensor: Any) -> TensorData:
     return TensorData(name, dtype, tuple(tensor.shape), memoryview(flat.numpy()))
 
 
-def save_file(tensors: Mapping[str, torch.Tensor], filename: str | os.PathLike[str],
-              metadata: Mapping[str, str] | None = None,
-              config: SaveOptions | Mapping[str, Any] | None = None) -> None:
+def save_file(
+    tensors: Mapping[str, torch.Tensor],
+    filename: str | os.PathLike[str],
+    metadata: Mapping[str, str] | None = None,
+    config: SaveOptions | Mapping[str, Any] | None = None,
+) -> None:
     """Encrypt and sign ``tensors`` into ``filename`` (written atomically)."""
     _frontend.save_file(tensors, filename, metadata, config, to_data)
 
 
-def save(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None,
-         config: SaveOptions | Mapping[str, Any] | None = None) -> bytes:
+def save(
+    tensors: Mapping[str, torch.Tensor],
+    metadata: Mapping[str, str] | None = None,
+    config: SaveOptions | Mapping[str, Any] | None = None,
+) -> bytes:
     """Encrypt and sign ``tensors`` into the bytes of a file."""
     return _frontend.save(tensors, metadata, config, to_data)
 
 
-def load_file(filename: str | os.PathLike[str], device: str | int = "cpu",
-              config: LoadOptions | Mapping[str, Any] | None = None) -> dict[str, torch.Tensor]:
+def load_file(
+    filename: str | os.PathLike[str], device: str | int = "cpu", config: LoadOptions | Mapping[str, Any] | None = None
+) -> dict[str, torch.Tensor]:
     """Every tensor of a CryptoTensors or plain safetensors file."""
     return _frontend.load_file(filename, "pt", str(device), config)
 

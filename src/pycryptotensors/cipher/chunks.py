@@ -96,8 +96,13 @@ def _run_spans(chunks: ChunkRange, task: Callable[[int, int], None]) -> None:
 
 
 def decrypt_chunks(
-    source: Source, chunks: ChunkRange, alg: Algorithm, data_key: bytes, base_iv: bytes,
-    tags: bytes, out: np.ndarray,
+    source: Source,
+    chunks: ChunkRange,
+    alg: Algorithm,
+    data_key: bytes,
+    base_iv: bytes,
+    tags: bytes,
+    out: np.ndarray,
 ) -> None:
     """Decrypt and authenticate the chunks into ``out`` (uint8, starting at the first chunk's byte)."""
     view = memoryview(out)
@@ -123,8 +128,9 @@ def decrypt_chunks(
         raise
 
 
-def decrypt_whole(source: Source, origin: int, nbytes: int, alg: Algorithm, data_key: bytes, iv: bytes,
-                  tag: bytes) -> np.ndarray:
+def decrypt_whole(
+    source: Source, origin: int, nbytes: int, alg: Algorithm, data_key: bytes, iv: bytes, tag: bytes
+) -> np.ndarray:
     """Version 1: one AEAD call over the whole tensor, decrypted in place. Returns a uint8 array."""
     buf = np.empty(nbytes + TAG_SIZE, dtype=np.uint8)
     view = memoryview(buf)
@@ -152,7 +158,9 @@ def read_plain(source: Source, chunks: ChunkRange, out: np.ndarray, digests: byt
         for index in range(first, stop):
             a, b = chunks.bounds(index)
             expected = digests[index * DIGEST_SIZE : (index + 1) * DIGEST_SIZE]
-            if not hmac.compare_digest(hashlib.sha256(view[a - chunks.byte_lo : b - chunks.byte_lo]).digest(), expected):
+            if not hmac.compare_digest(
+                hashlib.sha256(view[a - chunks.byte_lo : b - chunks.byte_lo]).digest(), expected
+            ):
                 raise IntegrityError(f"an unencrypted chunk ({index}) does not match its signed digest")
 
     try:
@@ -162,8 +170,9 @@ def read_plain(source: Source, chunks: ChunkRange, out: np.ndarray, digests: byt
         raise
 
 
-def encrypt_chunks(sink: Sink, chunks: ChunkRange, alg: Algorithm, data_key: bytes, base_iv: bytes,
-                   data: memoryview) -> list[bytes]:
+def encrypt_chunks(
+    sink: Sink, chunks: ChunkRange, alg: Algorithm, data_key: bytes, base_iv: bytes, data: memoryview
+) -> list[bytes]:
     """Encrypt every chunk of ``data`` (a whole tensor) to ``sink``; returns the tags in chunk order."""
     tags: list[bytes] = [b""] * (chunks.stop - chunks.first)
 

@@ -211,9 +211,7 @@ def parse_crypto_header(header: Header) -> CryptoHeader | None:
     unknown = set(encryption) - set(header.tensors)
     if unknown:
         raise FormatError(f"{ENCRYPTION} names tensors the file does not hold: {sorted(unknown)[:3]}")
-    encrypted = {
-        name: _encrypted_entry(name, raw, header.tensors[name], partial) for name, raw in encryption.items()
-    }
+    encrypted = {name: _encrypted_entry(name, raw, header.tensors[name], partial) for name, raw in encryption.items()}
 
     policy = _json_field(metadata, POLICY)
     local, remote = policy.get("local", DEFAULT_POLICY), policy.get("remote", DEFAULT_POLICY)
@@ -229,9 +227,7 @@ def parse_crypto_header(header: Header) -> CryptoHeader | None:
         extensions = _json_field(metadata, EXTENSIONS)
         if "integrity" in extensions:
             integrity = _integrity(extensions["integrity"], header, encrypted)
-    return CryptoHeader(
-        version, chunk_size, cipher, enc, sign, encrypted, local, remote, signature, integrity
-    )
+    return CryptoHeader(version, chunk_size, cipher, enc, sign, encrypted, local, remote, signature, integrity)
 
 
 def dumps_compact(obj: Any) -> str:

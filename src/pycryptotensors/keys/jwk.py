@@ -51,7 +51,9 @@ class MasterKey:
 
     def __post_init__(self) -> None:
         if len(self.secret) != self.alg.key_size:
-            raise KeyFormatError(f"{self.alg.name} master key must be {self.alg.key_size} bytes, not {len(self.secret)}")
+            raise KeyFormatError(
+                f"{self.alg.name} master key must be {self.alg.key_size} bytes, not {len(self.secret)}"
+            )
 
     def __repr__(self) -> str:
         return f"MasterKey(alg={self.alg.name!r}, kid={self.kid!r})"

@@ -43,8 +43,10 @@ class KeyRing:
             self.add(key)
 
     def __repr__(self) -> str:
-        return (f"KeyRing({len(self.master_keys)} master, {len(self.signing_keys)} signing, "
-                f"{len(self.verify_keys)} verify keys)")
+        return (
+            f"KeyRing({len(self.master_keys)} master, {len(self.signing_keys)} signing, "
+            f"{len(self.verify_keys)} verify keys)"
+        )
 
     def add(self, key: AnyKey | Mapping[str, Any]) -> None:
         parsed = parse_jwk(dict(key) if isinstance(key, Mapping) else key)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from types import TracebackType
@@ -33,10 +34,8 @@ class AtomicFile:
 
     def _discard(self) -> None:
         os.close(self.fd)
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(self.tmp_path)
-        except FileNotFoundError:
-            pass
 
     def __enter__(self) -> AtomicFile:
         return self

@@ -19,12 +19,21 @@ from ..cipher.chunks import ChunkRange, Sink, encrypt_chunks, write_plain
 from ..config import SaveOptions
 from ..errors import ConfigError, UnsupportedError
 from ..format.crypto_header import (
-    CRYPTO_KEYS, DIGEST_ALGORITHMS, ENCRYPTION, EXTENSIONS, POLICY, RESERVED_KEYS, SIGNATURE, SIGNATURE_SIZE,
-    b64encode, chunk_count, dumps_compact,
+    CRYPTO_KEYS,
+    DIGEST_ALGORITHMS,
+    ENCRYPTION,
+    EXTENSIONS,
+    POLICY,
+    RESERVED_KEYS,
+    SIGNATURE,
+    SIGNATURE_SIZE,
+    b64encode,
+    chunk_count,
+    dumps_compact,
 )
 from ..format.dtypes import DType, nbytes_of
 from ..format.header import PREFIX_SIZE, TensorEntry
-from ..format.signing import sign_header, writer_order
+from ..format.signing import sign_header
 from ..policy.rego import check_policy
 from .sinks import AtomicFile, MemorySink
 
@@ -60,7 +69,9 @@ def _plan(tensors: Sequence[TensorData], options: SaveOptions) -> list[_Planned]
     for tensor in sorted(tensors, key=lambda t: (-t.dtype.rank, t.name)):
         nbytes = len(tensor.data)
         if nbytes_of(tensor.dtype, tensor.shape) != nbytes:
-            raise ConfigError(f"tensor {tensor.name!r}: {nbytes} bytes do not match {tensor.dtype.name}{list(tensor.shape)}")
+            raise ConfigError(
+                f"tensor {tensor.name!r}: {nbytes} bytes do not match {tensor.dtype.name}{list(tensor.shape)}"
+            )
         entry = TensorEntry(tensor.name, tensor.dtype, tensor.shape, position, position + nbytes)
         position += nbytes
         item = _Planned(entry, tensor.data)
@@ -70,7 +81,11 @@ def _plan(tensors: Sequence[TensorData], options: SaveOptions) -> list[_Planned]
             alg = options.master_key.alg
             item.data_key = aead.new_data_key(alg)
             wrapped, key_iv, key_tag = aead.wrap_key(alg, options.master_key.secret, item.data_key)
-            item.sealing = {"wrapped_key": b64encode(wrapped), "key_iv": b64encode(key_iv), "key_tag": b64encode(key_tag)}
+            item.sealing = {
+                "wrapped_key": b64encode(wrapped),
+                "key_iv": b64encode(key_iv),
+                "key_tag": b64encode(key_tag),
+            }
             if options.version == "1":
                 item.iv = aead.new_nonce() if nbytes else b""
                 item.tags = [bytes(aead.TAG_SIZE)] if nbytes else []
@@ -99,7 +114,9 @@ def _crypto_metadata(planned: list[_Planned], options: SaveOptions) -> dict[str,
     for item in sorted((p for p in planned if p.data_key is not None), key=lambda p: p.entry.name):
         iv_field, tag_field = ("iv", "tag") if options.version == "1" else ("base_iv", "tags")
         encryption[item.entry.name] = {
-            **item.sealing, iv_field: b64encode(item.iv), tag_field: b64encode(b"".join(item.tags))
+            **item.sealing,
+            iv_field: b64encode(item.iv),
+            tag_field: b64encode(b"".join(item.tags)),
         }
     metadata = {
         CRYPTO_KEYS: dumps_compact(keys),
@@ -142,7 +159,9 @@ def _write(sink: Sink, planned: list[_Planned], data_start: int, options: SaveOp
     alg = options.master_key.alg
     for item in planned:
         e = item.entry
-        chunks = ChunkRange(data_start + e.start, e.nbytes, options.chunk_size, 0, chunk_count(e.nbytes, options.chunk_size))
+        chunks = ChunkRange(
+            data_start + e.start, e.nbytes, options.chunk_size, 0, chunk_count(e.nbytes, options.chunk_size)
+        )
         if item.data_key is None:
             digests = write_plain(sink, chunks, item.data, options.integrity)
             if options.integrity:
@@ -192,8 +211,12 @@ def _write_all(sink: Sink, layout: _Layout, options: SaveOptions) -> None:
     sink.writeat(0, memoryview(struct.pack("<Q", layout.header_size) + header))
 
 
-def encrypt_file(tensors: Sequence[TensorData], path: str | os.PathLike[str],
-                 metadata: Mapping[str, str] | None, options: SaveOptions) -> None:
+def encrypt_file(
+    tensors: Sequence[TensorData],
+    path: str | os.PathLike[str],
+    metadata: Mapping[str, str] | None,
+    options: SaveOptions,
+) -> None:
     """Write an encrypted file atomically: a temporary file beside ``path``, renamed on success."""
     layout = _prepare(tensors, metadata, options)
     with AtomicFile(path, layout.total) as sink:
