@@ -162,7 +162,7 @@ def check_ours(path: Path, config: Any, expected: Mapping[str, Any], frontend: M
                 assert fingerprint(view[index]) == fingerprint(tensor[index]), (name, index)
 
 
-def check_reference(path: Path, keys: dict[str, dict[str, str]], expected: Mapping[str, Any], framework: str = "np"):
+def check_reference(path: Path, keys: dict[str, Any], expected: Mapping[str, Any], framework: str = "np") -> tuple:
     """The reference loads ``expected`` with a config, and with the same keys from CRYPTOTENSOR_KEYS.
 
     Returns the reference's view of the metadata: (user metadata, reserved metadata).

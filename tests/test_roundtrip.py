@@ -279,3 +279,23 @@ def test_many_empty_tensors_always_verify(tmp_path, config, load_config):
     for _ in range(10):
         loaded = ct_np.load_file(path, config=load_config)
         assert all(same(loaded[k], v) for k, v in tensors.items())
+
+
+def test_required_encryption_refuses_stripped_files(tmp_path, config, load_config):
+    """A file stripped of its crypto header is plain safetensors; a consumer who requires encryption refuses it."""
+    import safetensors.numpy
+
+    path = tmp_path / "m.ct"
+    ct_np.save_file({"w": np.ones(64, np.float32)}, path, config=config)
+    with pc.safe_open(path, "np", config=load_config) as f:
+        entry_bytes = f.get_tensor("w").nbytes
+    stripped = tmp_path / "stripped.safetensors"
+    ciphertext = np.frombuffer(path.read_bytes()[-entry_bytes:], dtype=np.float32)
+    safetensors.numpy.save_file({"w": ciphertext}, stripped)
+    strict = {**load_config, "require_encryption": True}
+    for load in (lambda: ct_np.load_file(stripped, config=strict), lambda: ct_np.load(stripped.read_bytes(), strict)):
+        with pytest.raises(pc.NotEncryptedError):
+            load()
+    with pytest.raises(pc.NotEncryptedError):
+        pc.safe_open(stripped, "pt", config=strict)
+    assert ct_np.load_file(path, config=strict)["w"].sum() == 64

@@ -8,10 +8,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from .config import SaveOptions, save_options
-from .format.crypto_header import parse_crypto_header
 from .reading.handle import safe_open
-from .reading.reader import read_header
-from .reading.source import BytesSource
 from .writing.writer import TensorData, encrypt_bytes, encrypt_file
 
 
@@ -43,8 +40,8 @@ def load_file(path: str | os.PathLike[str], framework: str, device: str, config:
 
 def load(data: bytes, framework: str, config: Any) -> dict[str, Any] | None:
     """Tensors of an encrypted file held in memory, or None when it is plain (the caller delegates)."""
-    if parse_crypto_header(read_header(BytesSource(data))) is None:
-        return None
     handle = safe_open.from_bytes(data, framework, config)
+    if handle is None:
+        return None
     with handle:
         return {name: handle.get_tensor(name) for name in handle.offset_keys()}

@@ -18,7 +18,7 @@ from .keys.jwk import MasterKey, SigningKey, parse_jwk
 from .keys.keyring import KeyRing
 
 _SAVE_OPTIONS = {"enc_key", "sign_key", "tensors", "chunk_size", "version", "policy", "integrity"}
-_LOAD_OPTIONS = {"enc_key", "sign_key", "keys", "policy_input"}
+_LOAD_OPTIONS = {"enc_key", "sign_key", "keys", "policy_input", "require_encryption"}
 MAX_CHUNK_SIZE = 2**31 - 1024  # one AEAD call per chunk; cryptography caps a call below 2 GiB
 
 
@@ -55,6 +55,7 @@ class LoadOptions:
 
     keyring: KeyRing = field(default_factory=KeyRing)
     policy_input: Mapping[str, Any] = field(default_factory=dict)
+    require_encryption: bool = False  # refuse plain files (e.g. an encrypted file stripped of its crypto header)
 
 
 def _check_options(config: Mapping[str, Any], allowed: set[str], what: str) -> None:
@@ -122,4 +123,4 @@ def load_options(config: LoadOptions | KeyRing | Mapping[str, Any] | None) -> Lo
     if not ring.verify_keys and not ring.signing_keys:
         ring.verify_keys += env.verify_keys
         ring.signing_keys += env.signing_keys
-    return LoadOptions(ring, dict(config.get("policy_input", {})))
+    return LoadOptions(ring, dict(config.get("policy_input", {})), bool(config.get("require_encryption", False)))

@@ -36,6 +36,10 @@ class SignatureError(IntegrityError):
     """The header signature does not verify under the trusted signer key."""
 
 
+class NotEncryptedError(IntegrityError):
+    """The caller required an encrypted, signed file and got a plain one (stripped crypto metadata?)."""
+
+
 class KeyAccessError(CryptoTensorsError):
     """Base class of the key problems: a key is missing, wrong, or malformed."""
 
@@ -71,6 +75,7 @@ __all__ = [
     "KeyAccessError",
     "KeyFormatError",
     "MissingKeyError",
+    "NotEncryptedError",
     "PolicyDeniedError",
     "SignatureError",
     "UnsupportedError",

@@ -61,6 +61,11 @@ class ChunkRange:
         return lo, min(self.nbytes, lo + self.chunk_size)
 
     @property
+    def largest_chunk(self) -> int:
+        """Bytes in the biggest chunk: bounded by the tensor, whatever chunk size a header claims."""
+        return min(self.chunk_size, self.nbytes)
+
+    @property
     def byte_lo(self) -> int:
         return self.first * self.chunk_size
 
@@ -109,7 +114,7 @@ def decrypt_chunks(
 
     def task(first: int, stop: int) -> None:
         cipher = alg.new(data_key)
-        scratch = _scratch_buffer(chunks.chunk_size + TAG_SIZE)
+        scratch = _scratch_buffer(chunks.largest_chunk + TAG_SIZE)
         for index in range(first, stop):
             lo, hi = chunks.bounds(index)
             size = hi - lo
@@ -178,7 +183,7 @@ def encrypt_chunks(
 
     def task(first: int, stop: int) -> None:
         cipher = alg.new(data_key)
-        scratch = _scratch_buffer(chunks.chunk_size + TAG_SIZE)
+        scratch = _scratch_buffer(chunks.largest_chunk + TAG_SIZE)
         for index in range(first, stop):
             lo, hi = chunks.bounds(index)
             size = hi - lo

@@ -25,6 +25,7 @@ EXTENSIONS = "__pycryptotensors__"
 REQUIRED_KEYS = (CRYPTO_KEYS, ENCRYPTION, POLICY, SIGNATURE)
 RESERVED_KEYS = frozenset((*REQUIRED_KEYS, EXTENSIONS))
 
+EXTENSION_VERSION = 1
 DEFAULT_CHUNK_SIZE = 2 * 1024 * 1024
 DEFAULT_POLICY = "package model\nallow = true"
 SIGNATURE_SIZE = 64
@@ -225,6 +226,8 @@ def parse_crypto_header(header: Header) -> CryptoHeader | None:
     integrity = None
     if EXTENSIONS in metadata:
         extensions = _json_field(metadata, EXTENSIONS)
+        if extensions.get("version") != EXTENSION_VERSION or set(extensions) - {"version", "integrity"}:
+            raise UnsupportedError(f"{EXTENSIONS}: unsupported version or unknown members (this reader knows v1)")
         if "integrity" in extensions:
             integrity = _integrity(extensions["integrity"], header, encrypted)
     return CryptoHeader(version, chunk_size, cipher, enc, sign, encrypted, local, remote, signature, integrity)

@@ -24,9 +24,9 @@ class DType:
 # Declaration order of safetensors' Rust `Dtype` enum, which its writer (and the reference's) sorts by.
 _DECLARED = [
     ("BOOL", 8),
+    ("F4", 4),
     ("F6_E2M3", 6),
     ("F6_E3M2", 6),
-    ("F4", 4),
     ("U8", 8),
     ("I8", 8),
     ("F8_E5M2", 8),

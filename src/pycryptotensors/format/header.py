@@ -20,6 +20,7 @@ from .dtypes import DTYPES, DType, nbytes_of
 MAX_HEADER_SIZE = 100_000_000  # safetensors' limit on N
 PREFIX_SIZE = 8
 _ENTRY_FIELDS = frozenset({"dtype", "shape", "data_offsets"})
+MAX_RANK = 64  # numpy's limit; also keeps a hostile shape from costing a long big-integer product
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,8 @@ def _entry(name: str, raw: Any) -> TensorEntry:
     shape, offsets = raw["shape"], raw["data_offsets"]
     if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
         raise FormatError(f"tensor {name!r}: shape must be a list of non-negative integers")
+    if len(shape) > MAX_RANK:
+        raise FormatError(f"tensor {name!r}: {len(shape)} dimensions exceed the limit of {MAX_RANK}")
     if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) and o >= 0 for o in offsets)):
         raise FormatError(f"tensor {name!r}: data_offsets must be two non-negative integers")
     start, end = offsets

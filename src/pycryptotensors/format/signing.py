@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from ..errors import SignatureError
+from ..errors import FormatError, SignatureError
 from .crypto_header import SIGNATURE
 from .header import Header, TensorEntry
 
@@ -35,7 +35,10 @@ def signed_message(metadata: dict[str, str], ordered: list[TensorEntry]) -> byte
             "shape": list(entry.shape),
             "data_offsets": [entry.start, entry.end],
         }
-    return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    try:
+        return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate escape ("\ud800") in a name or metadata string
+        raise FormatError("header holds a string that is not valid Unicode") from None
 
 
 def _candidate_orders(header: Header) -> list[list[TensorEntry]]:

@@ -95,27 +95,25 @@ class safe_open:  # noqa: N801 - the name safetensors users already know
         self._file: OpenedFile | None = None
         source = FileSource(filename)
         try:
-            opened = open_file(source, load_options(config), framework, self._device)
+            self._file = open_file(source, load_options(config), framework, self._device)
         except BaseException:
             source.close()
             raise
-        if opened.crypto is None:
-            opened.close()
+        if self._file is None:
+            source.close()
             import safetensors
 
             kwargs = {"backend": backend} if backend is not None else {}
             self._plain = safetensors.safe_open(os.fspath(filename), framework, device=device, **kwargs)
-        else:
-            self._file = opened
 
     @classmethod
-    def from_bytes(cls, data: bytes, framework: str, config: Any = None) -> safe_open:
-        """A handle over a file held in memory (used by ``load``); plain data is refused here."""
+    def from_bytes(cls, data: bytes, framework: str, config: Any = None) -> safe_open | None:
+        """A handle over an encrypted file held in memory (used by ``load``); None when the data is plain."""
+        opened = open_file(BytesSource(data), load_options(config), framework, "cpu")
+        if opened is None:
+            return None
         handle = cls.__new__(cls)
-        handle._frontend = framework_module(framework)
-        handle._device = "cpu"
-        handle._plain = None
-        handle._file = open_file(BytesSource(data), load_options(config), framework, "cpu")
+        handle._frontend, handle._device, handle._plain, handle._file = framework_module(framework), "cpu", None, opened
         return handle
 
     def _opened(self) -> OpenedFile:

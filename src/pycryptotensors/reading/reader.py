@@ -14,25 +14,33 @@ import numpy as np
 from ..cipher.aead import unwrap_keys
 from ..cipher.chunks import SPAN_BYTES, ChunkRange, decrypt_chunks, decrypt_whole, read_plain
 from ..config import LoadOptions
-from ..errors import FormatError, PolicyDeniedError, WrongKeyError
-from ..format.crypto_header import CryptoHeader, parse_crypto_header
+from ..errors import FormatError, NotEncryptedError, PolicyDeniedError, WrongKeyError
+from ..format.crypto_header import RESERVED_KEYS, CryptoHeader, parse_crypto_header
 from ..format.header import PREFIX_SIZE, Header, TensorEntry, parse_header, read_prefix
 from ..format.signing import verify_header
 from ..policy.rego import evaluate_policy, local_input
 from .source import ByteSource
 
 
-def read_header(source: ByteSource) -> Header:
+def read_header_bytes(source: ByteSource) -> bytes:
     n = read_prefix(source.read(0, min(PREFIX_SIZE, source.size)), source.size)
-    data_start = PREFIX_SIZE + n
-    return parse_header(source.read(PREFIX_SIZE, n), data_start, source.size - data_start)
+    return source.read(PREFIX_SIZE, n)
+
+
+def plainly_unencrypted(header_bytes: bytes) -> bool:
+    """A cheap, conservative sniff: no reserved key can hide in a header without these bytes.
+
+    Plain files go to the ``safetensors`` package untouched (its rules, its speed); anything that might be
+    a CryptoTensors header, including one spelling keys with ``\\u`` escapes, gets our strict parser.
+    """
+    return b"\\u" not in header_bytes and not any(key.encode() in header_bytes for key in RESERVED_KEYS)
 
 
 @dataclass
 class OpenedFile:
     source: ByteSource
     header: Header
-    crypto: CryptoHeader | None
+    crypto: CryptoHeader
     data_keys: dict[str, bytes]
 
     def entry(self, name: str) -> TensorEntry:
@@ -55,7 +63,7 @@ class OpenedFile:
         entry = self.entry(name)
         origin = self.header.data_start + entry.start
         crypto = self.crypto
-        if crypto is not None and name in crypto.encrypted:
+        if name in crypto.encrypted:
             sealed = crypto.encrypted[name]
             key = self.data_keys[name]
             if crypto.version == "1":
@@ -66,7 +74,7 @@ class OpenedFile:
             out = np.empty(_span_bytes(chunks), dtype=np.uint8)
             decrypt_chunks(self.source, chunks, crypto.cipher, key, sealed.iv, sealed.tags, out)
             return out, chunks.byte_lo
-        if crypto is not None and crypto.integrity is not None:
+        if crypto.integrity is not None:
             chunks = _covering(origin, entry.nbytes, crypto.integrity.chunk_size, lo, hi)
             out = np.empty(_span_bytes(chunks), dtype=np.uint8)
             read_plain(self.source, chunks, out, crypto.integrity.digests[name])
@@ -91,12 +99,21 @@ def _span_bytes(chunks: ChunkRange) -> int:
     return chunks.bounds(chunks.stop - 1)[1] - chunks.byte_lo
 
 
-def open_file(source: ByteSource, options: LoadOptions, framework: str, device: str) -> OpenedFile:
-    """Validate, verify, check policy and unwrap keys; raises before returning anything on any failure."""
-    header = read_header(source)
-    crypto = parse_crypto_header(header)
-    if crypto is None:
-        return OpenedFile(source, header, None, {})
+def open_file(source: ByteSource, options: LoadOptions, framework: str, device: str) -> OpenedFile | None:
+    """Validate, verify, check policy and unwrap keys; raises before returning anything on any failure.
+
+    Returns None for a plain safetensors file, which the caller hands to the ``safetensors`` package.
+    """
+    header_bytes = read_header_bytes(source)
+    crypto = header = None
+    if not plainly_unencrypted(header_bytes):
+        data_start = PREFIX_SIZE + len(header_bytes)
+        header = parse_header(header_bytes, data_start, source.size - data_start)
+        crypto = parse_crypto_header(header)
+    if crypto is None or header is None:
+        if options.require_encryption:
+            raise NotEncryptedError(f"{source.path} is not an encrypted CryptoTensors file, and encryption is required")
+        return None
     verify_key = options.keyring.verify_key(crypto.sign)
     master = options.keyring.master_key(crypto.enc)
     verify_header(verify_key.public, header, crypto.signature)

@@ -22,6 +22,7 @@ from ..format.crypto_header import (
     CRYPTO_KEYS,
     DIGEST_ALGORITHMS,
     ENCRYPTION,
+    EXTENSION_VERSION,
     EXTENSIONS,
     POLICY,
     RESERVED_KEYS,
@@ -36,8 +37,6 @@ from ..format.header import PREFIX_SIZE, TensorEntry
 from ..format.signing import sign_header
 from ..policy.rego import check_policy
 from .sinks import AtomicFile, MemorySink
-
-EXTENSION_VERSION = 1
 
 
 @dataclass(frozen=True)
