@@ -84,3 +84,20 @@ def test_input_document_shape():
     assert set(document) == {"time", "host", "user", "process", "runtime", "claims"}
     assert not document["time"]["rfc3339"].endswith("Z")
     assert evaluate_policy('package model\nallow if input.claims.k == "v"', document).allowed
+
+
+def test_documented_examples_compile_and_decide():
+    from pathlib import Path
+
+    from pycryptotensors.policy import check_policy
+
+    text = (Path(__file__).parents[1] / "docs" / "POLICY.md").read_text()
+    examples = [block.split("```", 1)[0] for block in text.split("```rego\n")[1:]]
+    assert len(examples) == 3
+    for policy in examples:
+        check_policy(policy)
+    here = local_input("pt", "cpu")
+    assert evaluate_policy(examples[0], here).allowed  # not expired yet
+    assert not evaluate_policy(examples[1], here).allowed  # this host is not gpu-node-7/8
+    here["host"]["name"] = "gpu-node-8"
+    assert evaluate_policy(examples[1], here).allowed
