@@ -143,26 +143,24 @@ def main() -> None:
         del tensors
 
         label = f"full load {args.size_mib} MiB / 16 tensors"
-        for fw, plain_load, our_load, ref_load in (
-            (
-                "numpy",
-                safetensors.numpy.load_file,
-                ours_np.load_file,
-                cryptotensors.numpy.load_file if reference else None,
-            ),
-            (
-                "torch",
-                safetensors.torch.load_file,
-                ours_pt.load_file,
-                cryptotensors.torch.load_file if reference else None,
-            ),
-        ):
-            # Every tensor is summed: safetensors' torch loader maps the file lazily, and a model load reads
-            # every byte, so "loaded" means "the values were read".
-            p = median_time(lambda f=plain_load: touch(f(plain)), args.repeat)
-            o = median_time(lambda f=our_load: touch(f(ours)), args.repeat)
-            r = median_time(lambda f=ref_load: touch(f(ref)), args.repeat) if ref_load else None
-            rows.append((f"{label}, {fw}", p, o, r, f"{o / p:.2f}x"))
+        p = median_time(lambda: safetensors.numpy.load_file(plain), args.repeat)
+        o = median_time(lambda: ours_np.load_file(ours), args.repeat)
+        r = median_time(lambda: cryptotensors.numpy.load_file(ref), args.repeat) if reference else None
+        rows.append((f"{label}, numpy", p, o, r, f"{o / p:.2f}x"))
+
+        # Torch: safetensors maps the file and hands out zero-copy views, so the plain figure depends on what
+        # "loaded" means. Both readings are shown, with every tensor summed so the values are really read:
+        # against the zero-copy map no decrypting loader can get near (it must write every byte once), and
+        # against tensors in memory the process owns (what a model whose parameters are filled from the
+        # file gets), the comparison is like for like.
+        p_map = median_time(lambda: touch(safetensors.torch.load_file(plain)), args.repeat)
+        p_own = median_time(
+            lambda: touch({k: v.clone() for k, v in safetensors.torch.load_file(plain).items()}), args.repeat
+        )
+        o = median_time(lambda: touch(ours_pt.load_file(ours)), args.repeat)
+        r = median_time(lambda: touch(cryptotensors.torch.load_file(ref)), args.repeat) if reference else None
+        rows.append((f"{label}, torch, into owned memory, summed", p_own, o, r, f"{o / p_own:.2f}x"))
+        rows.append(("  same, plain as zero-copy mmap views, summed", p_map, o, r, f"{o / p_map:.2f}x"))
 
         # One 64 MiB tensor: a 1 KiB slice against decrypting the whole tensor.
         big = {"big": np.random.default_rng(1).standard_normal(16 * MiB, dtype=np.float32).reshape(4096, 4096)}
@@ -180,21 +178,17 @@ def main() -> None:
 
             return run
 
-        def whole_of(path: str) -> Callable[[], object]:
-            def run() -> object:
-                with pc.safe_open(path, "np", config=config) as f:
-                    return f.get_tensor("big")
-
-            return run
-
         repeat = max(args.repeat, 20)
         p = median_time(slice_of(safetensors.safe_open, plain_big), repeat)
         o = median_time(slice_of(pc.safe_open, ours_big, config=config), repeat)
         r = median_time(slice_of(cryptotensors.safe_open, ref_big, config=config), repeat) if reference else None
-        whole = median_time(whole_of(ours_big), args.repeat)
         rows.append(("1 KiB slice of a 64 MiB encrypted tensor (open + slice)", p, o, r, f"{o / p:.2f}x"))
+        with pc.safe_open(ours_big, "np", config=config) as handle:  # the slice against the whole, same handle
+            part = median_time(lambda: handle.get_slice("big")[window], repeat * 5)
+            whole = median_time(lambda: handle.get_tensor("big"), repeat)
+        rows.append(("  ours, open handle: the 1 KiB slice (one 1 MiB chunk)", None, part, None, ""))
         rows.append(
-            ("  ours: decrypt the whole 64 MiB tensor instead", None, whole, None, f"slice is {whole / o:.0f}x faster")
+            ("  ours, open handle: the whole 64 MiB tensor", None, whole, None, f"slice {whole / part:.0f}x faster")
         )
 
         # safe_open of a file with 1,000 small tensors.
@@ -229,18 +223,20 @@ def main() -> None:
         f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
         f"numpy {np.__version__}, safetensors {safetensors.__version__}"
     )
-    header = f"| {'case':<58} | {'plain safetensors':>17} | {'ours':>10} | {'reference':>10} | {'ratio':<22} |"
+    header = f"| {'case':<64} | {'plain safetensors':>17} | {'ours':>10} | {'reference':>10} | {'ratio':<22} |"
     print(header)
     print("|" + "|".join("-" * (len(c) + 0) for c in header.split("|")[1:-1]) + "|")
     for case, p, o, r, ratio in rows:
-        unit = "MiB" if "memory" in case else "s"
+        unit = "MiB" if "peak memory" in case else "s"
 
         def cell(v: float | None, unit: str = unit) -> str:
             if v is None:
                 return "-"
-            return f"{v:.0f} MiB" if unit == "MiB" else f"{v:.4f} s"
+            if unit == "MiB":
+                return f"{v:.0f} MiB"
+            return f"{v * 1000:.2f} ms" if v < 0.1 else f"{v:.3f} s"
 
-        print(f"| {case:<58} | {cell(p):>17} | {cell(o):>10} | {cell(r):>10} | {ratio:<22} |")
+        print(f"| {case:<64} | {cell(p):>17} | {cell(o):>10} | {cell(r):>10} | {ratio:<22} |")
 
 
 if __name__ == "__main__":

@@ -133,12 +133,12 @@ def edit(data: bytes, change: Callable[[Header], Any], *, signer: pc.SigningKey 
 
 
 def edit_inner(data: bytes, key: str, change: Callable[[Any], Any], *, signer: pc.SigningKey | None = None) -> bytes:
-    """Edit one reserved metadata document in place (``change`` mutates it, or returns a replacement)."""
+    """Edit one reserved metadata document: ``change`` mutates the parsed document (its result is ignored)."""
 
     def apply(header: Header) -> None:
         document = inner(header, key)
-        replaced = change(document)
-        set_inner(header, key, document if replaced is None else replaced)
+        change(document)
+        set_inner(header, key, document)
 
     return edit(data, apply, signer=signer)
 

@@ -26,7 +26,7 @@ REQUIRED_KEYS = (CRYPTO_KEYS, ENCRYPTION, POLICY, SIGNATURE)
 RESERVED_KEYS = frozenset((*REQUIRED_KEYS, EXTENSIONS))
 
 EXTENSION_VERSION = 1
-DEFAULT_CHUNK_SIZE = 2 * 1024 * 1024
+DEFAULT_CHUNK_SIZE = 2 * 1024 * 1024  # what a version-2 header without chunk_size means
 DEFAULT_POLICY = "package model\nallow = true"
 SIGNATURE_SIZE = 64
 DIGEST_ALGORITHMS = {"sha256": 32}
@@ -109,11 +109,20 @@ def _json_field(metadata: dict[str, str], key: str) -> dict[str, Any]:
     return value
 
 
+def _valid_text(value: str, what: str) -> str:
+    """Refuse strings holding lone surrogates (a JSON escape like "\\ud800"): they are not Unicode text."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise FormatError(f"{what} is not valid Unicode text") from None
+    return value
+
+
 def _optional_str(obj: dict[str, Any], field: str, what: str) -> str | None:
     value = obj.get(field)
     if value is not None and not isinstance(value, str):
         raise FormatError(f"{what}.{field} must be a string")
-    return value
+    return value if value is None else _valid_text(value, f"{what}.{field}")
 
 
 def _slot(keys: dict[str, Any], role: str) -> KeySlot:
@@ -122,8 +131,8 @@ def _slot(keys: dict[str, Any], role: str) -> KeySlot:
         raise FormatError(f"{CRYPTO_KEYS}.{role} must be an object")
     if _KEY_MATERIAL_FIELDS & set(slot):
         raise FormatError(f"{CRYPTO_KEYS}.{role} carries key material; refusing the file")
-    alg = slot.get("alg")
-    if not isinstance(alg, str):
+    alg = _optional_str(slot, "alg", role)
+    if alg is None:
         raise FormatError(f"{CRYPTO_KEYS}.{role}.alg must be a string")
     return KeySlot(alg, _optional_str(slot, "kid", role), _optional_str(slot, "jku", role))
 
@@ -167,7 +176,7 @@ def _integrity(raw: Any, header: Header, encrypted: dict[str, EncryptedTensor]) 
     if not isinstance(raw, dict) or set(raw) != {"alg", "chunk_size", "tensors"}:
         raise FormatError(f"{EXTENSIONS}.integrity must have exactly the fields alg, chunk_size, tensors")
     alg, chunk_size, tensors = raw["alg"], raw["chunk_size"], raw["tensors"]
-    if alg not in DIGEST_ALGORITHMS:
+    if not isinstance(alg, str) or alg not in DIGEST_ALGORITHMS:
         raise UnsupportedError(f"{EXTENSIONS}.integrity: unknown digest algorithm {alg!r}")
     if not (isinstance(chunk_size, int) and not isinstance(chunk_size, bool) and chunk_size > 0):
         raise FormatError(f"{EXTENSIONS}.integrity.chunk_size must be a positive integer")
@@ -218,6 +227,7 @@ def parse_crypto_header(header: Header) -> CryptoHeader | None:
     local, remote = policy.get("local", DEFAULT_POLICY), policy.get("remote", DEFAULT_POLICY)
     if not isinstance(local, str) or not isinstance(remote, str) or set(policy) - {"local", "remote"}:
         raise FormatError(f"{POLICY} must hold the strings local and remote, nothing else")
+    _valid_text(local + remote, POLICY)
 
     signature = b64decode(metadata[SIGNATURE], SIGNATURE)
     if len(signature) != SIGNATURE_SIZE:

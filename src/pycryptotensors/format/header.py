@@ -89,22 +89,19 @@ def loads_strict(text: str | bytes, what: str) -> Any:
         raise FormatError(f"{what} is not valid JSON: {exc}") from None
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _entry(name: str, raw: Any) -> TensorEntry:
-    if not isinstance(raw, dict) or set(raw) != _ENTRY_FIELDS:
+    # ``type(x) is int`` rather than isinstance: JSON true/false must not pass as 1/0.
+    if type(raw) is not dict or len(raw) != 3 or not _ENTRY_FIELDS.issuperset(raw):
         raise FormatError(f"tensor {name!r}: entry must have exactly the fields dtype, shape, data_offsets")
-    dtype = DTYPES.get(raw["dtype"]) if isinstance(raw["dtype"], str) else None
+    dtype = DTYPES.get(raw["dtype"]) if type(raw["dtype"]) is str else None
     if dtype is None:
         raise FormatError(f"tensor {name!r}: unknown dtype {raw['dtype']!r}")
     shape, offsets = raw["shape"], raw["data_offsets"]
-    if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+    if type(shape) is not list or not all(type(d) is int and d >= 0 for d in shape):
         raise FormatError(f"tensor {name!r}: shape must be a list of non-negative integers")
     if len(shape) > MAX_RANK:
         raise FormatError(f"tensor {name!r}: {len(shape)} dimensions exceed the limit of {MAX_RANK}")
-    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) and o >= 0 for o in offsets)):
+    if type(offsets) is not list or len(offsets) != 2 or not all(type(o) is int and o >= 0 for o in offsets):
         raise FormatError(f"tensor {name!r}: data_offsets must be two non-negative integers")
     start, end = offsets
     if start > end:
