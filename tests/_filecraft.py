@@ -23,7 +23,11 @@ import pycryptotensors as pc
 import pycryptotensors.numpy as pn
 
 CRYPTO_KEYS, ENCRYPTION, POLICY, SIGNATURE, EXTENSIONS = (
-    "__crypto_keys__", "__encryption__", "__policy__", "__signature__", "__pycryptotensors__"
+    "__crypto_keys__",
+    "__encryption__",
+    "__policy__",
+    "__signature__",
+    "__pycryptotensors__",
 )
 RESERVED = (CRYPTO_KEYS, ENCRYPTION, POLICY, SIGNATURE, EXTENSIONS)
 B64_ALPHABET = string.ascii_uppercase + string.ascii_lowercase + string.digits + "+/"
@@ -51,8 +55,15 @@ def encode_header(header: Header, *, ensure_ascii: bool = False, indent: int | N
     return json.dumps(header, separators=separators, ensure_ascii=ensure_ascii, indent=indent).encode("utf-8")
 
 
-def assemble(header: Header | bytes, body: bytes = b"", *, trailing: bytes = b"", pad: int = 8,
-             length: int | None = None, **encoding: Any) -> bytes:
+def assemble(
+    header: Header | bytes,
+    body: bytes = b"",
+    *,
+    trailing: bytes = b"",
+    pad: int = 8,
+    length: int | None = None,
+    **encoding: Any,
+) -> bytes:
     """8-byte length, header JSON (+ ``trailing``, then spaces up to a multiple of ``pad``), data area.
 
     ``length`` overrides the length prefix, to build files that lie about it.
@@ -122,8 +133,9 @@ def resign(header: Header, signing_key: pc.SigningKey) -> None:
     header["__metadata__"][SIGNATURE] = b64(signing_key.private.sign(signed_message(header)))
 
 
-def edit(data: bytes, change: Callable[[Header], Any], *, signer: pc.SigningKey | None = None,
-         **encoding: Any) -> bytes:
+def edit(
+    data: bytes, change: Callable[[Header], Any], *, signer: pc.SigningKey | None = None, **encoding: Any
+) -> bytes:
     """Apply ``change`` to the parsed header, re-sign when ``signer`` is given, and re-serialize."""
     header, body = split(data)
     change(header)
@@ -154,7 +166,8 @@ USER_METADATA = {"note": "héllo wörld", "format": "pt"}
 
 def sample_tensors() -> dict[str, np.ndarray]:
     """Several chunks per tensor at CHUNK=64; enc_a and plain_f have equal sizes, enc_a and enc_b equal chunk
-    counts, plain_d and plain_f equal chunk counts (for swap attacks); two zero-size tensors tie on offsets."""
+    counts, plain_d and plain_f equal chunk counts (for swap attacks); the two zero-size F32 tensors share one
+    offset, so the signature's tie order is exercised."""
     rng = np.random.default_rng(20240601)
     return {
         "enc_a": rng.standard_normal(50).astype(np.float32),  # 200 B, 4 chunks
@@ -164,7 +177,7 @@ def sample_tensors() -> dict[str, np.ndarray]:
         "plain_d": rng.standard_normal((6, 5)),  # F64, 240 B, 4 chunks
         "plain_e": rng.integers(-(2**15), 2**15 - 1, size=40, dtype=np.int16),  # 80 B, 2 chunks
         "plain_f": rng.standard_normal(50).astype(np.float32),  # 200 B, 4 chunks
-        "plain_empty": np.zeros((0, 3), dtype=np.int16),
+        "plain_empty": np.zeros((0, 3), dtype=np.float32),  # ties with enc_empty at one offset
     }
 
 

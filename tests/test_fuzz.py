@@ -101,14 +101,42 @@ def test_noise_behind_a_header_opening(payload: bytes, opening: bytes) -> None:
 
 
 FIELD_NAMES = [
-    "version", "chunk_size", "enc", "sign", "alg", "kid", "jku", "kty", "k", "x", "d", "local", "remote",
-    "integrity", "tensors", "wrapped_key", "key_iv", "key_tag", "base_iv", "tags", "iv", "tag", "enc_a", "plain_d",
+    "version",
+    "chunk_size",
+    "enc",
+    "sign",
+    "alg",
+    "kid",
+    "jku",
+    "kty",
+    "k",
+    "x",
+    "d",
+    "local",
+    "remote",
+    "integrity",
+    "tensors",
+    "wrapped_key",
+    "key_iv",
+    "key_tag",
+    "base_iv",
+    "tags",
+    "iv",
+    "tag",
+    "enc_a",
+    "plain_d",
 ]
 JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False)
-    | st.text(max_size=12) | st.sampled_from(["2", "1", "aes256gcm", "ed25519", "sha256", "AAAA", "A" * 16 + "=="]),
-    lambda children: st.lists(children, max_size=3)
-    | st.dictionaries(st.sampled_from(FIELD_NAMES) | st.text(max_size=6), children, max_size=4),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=12)
+    | st.sampled_from(["2", "1", "aes256gcm", "ed25519", "sha256", "AAAA", "A" * 16 + "=="]),
+    lambda children: (
+        st.lists(children, max_size=3)
+        | st.dictionaries(st.sampled_from(FIELD_NAMES) | st.text(max_size=6), children, max_size=4)
+    ),
     max_leaves=12,
 )
 DTYPE_NAMES = ["F32", "F16", "BF16", "I64", "U8", "BOOL", "F4", "F6_E2M3", "F8_E8M0", "C64", "X", "f32"]

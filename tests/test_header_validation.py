@@ -197,8 +197,9 @@ OUTER_CASES = [
     Hostile("json-number", raw(b"12345678 /* __crypto_keys__ */")),
     Hostile("leading-whitespace", lambda s: raw_file(b" " + s.data[8 : s.data_start], s.data[s.data_start :])),
     Hostile("byte-order-mark", lambda s: raw_file(b"\xef\xbb\xbf" + s.data[8 : s.data_start], s.data[s.data_start :])),
-    Hostile("nul-padding", lambda s: raw_file(s.data[8 : s.data_start].rstrip(b" ") + b"\x00" * 8,
-                                               s.data[s.data_start :])),
+    Hostile(
+        "nul-padding", lambda s: raw_file(s.data[8 : s.data_start].rstrip(b" ") + b"\x00" * 8, s.data[s.data_start :])
+    ),
     Hostile("deep-nesting", text('"format":"pt"', '"format":' + "[" * DEEP + "]" * DEEP)),
     Hostile("deep-nesting-unclosed", text('"format":"pt"', '"format":' + "[" * DEEP)),
     # duplicate keys, each of which a last-wins parser would accept
@@ -311,25 +312,46 @@ INVALID_BASE64 = {
 }
 
 FIELD_CASES = [
-    *[Hostile(f"b64-{label}-{f}", _enc(f, value)) for f in ("wrapped_key", "key_iv", "key_tag", "base_iv", "tags")
-      for label, value in INVALID_BASE64.items()],
+    *[
+        Hostile(f"b64-{label}-{f}", _enc(f, value))
+        for f in ("wrapped_key", "key_iv", "key_tag", "base_iv", "tags")
+        for label, value in INVALID_BASE64.items()
+    ],
     *[Hostile(f"b64-{label}-digest", _digests(value)) for label, value in INVALID_BASE64.items()],
     Hostile("b64-invalid-signature", outer(lambda h: h["__metadata__"].update({SIGNATURE: "!" * 88}))),
-    Hostile("b64-urlsafe-signature", lambda s: edit(s.data, lambda h: h["__metadata__"].update(
-        {SIGNATURE: h["__metadata__"][SIGNATURE].replace("+", "-").replace("/", "_").rstrip("=")}))),
+    Hostile(
+        "b64-urlsafe-signature",
+        lambda s: edit(
+            s.data,
+            lambda h: h["__metadata__"].update(
+                {SIGNATURE: h["__metadata__"][SIGNATURE].replace("+", "-").replace("/", "_").rstrip("=")}
+            ),
+        ),
+    ),
     # lengths
-    *[Hostile(f"length-{f}{delta:+d}", _enc_bytes(f, delta)) for f in ("wrapped_key", "key_iv", "key_tag", "base_iv")
-      for delta in (-1, 1)],
+    *[
+        Hostile(f"length-{f}{delta:+d}", _enc_bytes(f, delta))
+        for f in ("wrapped_key", "key_iv", "key_tag", "base_iv")
+        for delta in (-1, 1)
+    ],
     Hostile("length-wrapped-key-empty", _enc("wrapped_key", "")),
     Hostile("length-tags-partial", _enc_bytes("tags", -1)),
     Hostile("length-tags-one-short", _enc_bytes("tags", -16)),
     Hostile("length-tags-one-extra", _enc_bytes("tags", 16)),
     Hostile("length-tags-none", _enc("tags", "")),
     Hostile("length-empty-tensor-without-tag", _enc("tags", "", tensor="enc_empty")),
-    Hostile("length-signature-63", lambda s: edit(s.data, lambda h: h["__metadata__"].update(
-        {SIGNATURE: b64(unb64(h["__metadata__"][SIGNATURE])[:63])}))),
-    Hostile("length-signature-65", lambda s: edit(s.data, lambda h: h["__metadata__"].update(
-        {SIGNATURE: b64(unb64(h["__metadata__"][SIGNATURE]) + b"\x00")}))),
+    Hostile(
+        "length-signature-63",
+        lambda s: edit(
+            s.data, lambda h: h["__metadata__"].update({SIGNATURE: b64(unb64(h["__metadata__"][SIGNATURE])[:63])})
+        ),
+    ),
+    Hostile(
+        "length-signature-65",
+        lambda s: edit(
+            s.data, lambda h: h["__metadata__"].update({SIGNATURE: b64(unb64(h["__metadata__"][SIGNATURE]) + b"\x00")})
+        ),
+    ),
     Hostile("length-digest-partial", _digests(lambda v: b64(unb64(v)[:-1]))),
     Hostile("length-digest-one-short", _digests(lambda v: b64(unb64(v)[:-32]))),
     Hostile("length-digest-one-extra", _digests(lambda v: b64(unb64(v) + bytes(32)))),
@@ -340,10 +362,17 @@ FIELD_CASES = [
     Hostile("v1-iv-empty-for-data", _enc("iv", ""), version="1"),
     Hostile("v1-tag-empty-for-data", _enc("tag", ""), version="1"),
     Hostile("v1-empty-tensor-with-half-iv", _enc("iv", b64(bytes(12)), tensor="enc_empty"), version="1"),
-    Hostile("v1-entry-with-v2-fields", field(ENCRYPTION, lambda d: d.update(
-        enc_a={k: v for k, v in d["enc_a"].items() if k not in ("iv", "tag")} | {"base_iv": d["enc_a"]["iv"],
-                                                                                 "tags": d["enc_a"]["tag"]})),
-             version="1"),
+    Hostile(
+        "v1-entry-with-v2-fields",
+        field(
+            ENCRYPTION,
+            lambda d: d.update(
+                enc_a={k: v for k, v in d["enc_a"].items() if k not in ("iv", "tag")}
+                | {"base_iv": d["enc_a"]["iv"], "tags": d["enc_a"]["tag"]}
+            ),
+        ),
+        version="1",
+    ),
     # __encryption__ structure
     Hostile("encryption-names-missing-tensor", field(ENCRYPTION, lambda d: d.update(ghost=d["enc_c"]))),
     Hostile("encryption-names-metadata", field(ENCRYPTION, lambda d: d.update(__metadata__=d["enc_c"]))),
@@ -354,11 +383,23 @@ FIELD_CASES = [
     Hostile("encryption-not-object", metadata(ENCRYPTION, "[]")),
     Hostile("encryption-not-json", metadata(ENCRYPTION, "{enc_a}")),
     # __crypto_keys__
-    *[Hostile(f"chunk-size-{label}", field(CRYPTO_KEYS, update((), chunk_size=value)))
-      for label, value in {"0": 0, "negative": -64, "string": "64", "true": True, "false": False, "float": 64.0,
-                           "null": None, "list": [64]}.items()],
-    *[Hostile(f"version-{label}", field(CRYPTO_KEYS, update((), version=value)), UnsupportedError)
-      for label, value in {"3": "3", "0": "0", "int": 2, "02": "02", "empty": "", "null": None, "list": ["2"]}.items()],
+    *[
+        Hostile(f"chunk-size-{label}", field(CRYPTO_KEYS, update((), chunk_size=value)))
+        for label, value in {
+            "0": 0,
+            "negative": -64,
+            "string": "64",
+            "true": True,
+            "false": False,
+            "float": 64.0,
+            "null": None,
+            "list": [64],
+        }.items()
+    ],
+    *[
+        Hostile(f"version-{label}", field(CRYPTO_KEYS, update((), version=value)), UnsupportedError)
+        for label, value in {"3": "3", "0": "0", "int": 2, "02": "02", "empty": "", "null": None, "list": ["2"]}.items()
+    ],
     Hostile("version-missing", field(CRYPTO_KEYS, pop((), "version")), UnsupportedError),
     Hostile("enc-alg-unknown", field(CRYPTO_KEYS, update(("enc",), alg="aes512gcm")), UnsupportedError),
     Hostile("enc-alg-empty", field(CRYPTO_KEYS, update(("enc",), alg="")), UnsupportedError),
@@ -371,8 +412,10 @@ FIELD_CASES = [
     Hostile("enc-not-object", field(CRYPTO_KEYS, update((), enc="aes256gcm"))),
     Hostile("kid-not-string", field(CRYPTO_KEYS, update(("enc",), kid=1))),
     Hostile("jku-not-string", field(CRYPTO_KEYS, update(("sign",), jku=["file:///etc/passwd"]))),
-    *[Hostile(f"key-material-{role}-{k}", field(CRYPTO_KEYS, update((role,), **{k: b64(bytes(32))})))
-      for role, k in (("enc", "k"), ("sign", "d"), ("sign", "x"), ("enc", "p"))],
+    *[
+        Hostile(f"key-material-{role}-{k}", field(CRYPTO_KEYS, update((role,), **{k: b64(bytes(32))})))
+        for role, k in (("enc", "k"), ("sign", "d"), ("sign", "x"), ("enc", "p"))
+    ],
     Hostile("crypto-keys-not-object", metadata(CRYPTO_KEYS, '"2"')),
     Hostile("crypto-keys-not-json", metadata(CRYPTO_KEYS, "version=2")),
     # __policy__
@@ -391,19 +434,25 @@ FIELD_CASES = [
     Hostile("integrity-unknown-field", field(EXTENSIONS, update(("integrity",), extra=1))),
     Hostile("integrity-tensors-list", field(EXTENSIONS, update(("integrity",), tensors=["plain_e"]))),
     Hostile("integrity-tensor-missing", field(EXTENSIONS, pop(("integrity", "tensors"), "plain_e"))),
-    Hostile("integrity-lists-encrypted", field(EXTENSIONS, lambda d: d["integrity"]["tensors"].update(
-        enc_c=b64(bytes(32))))),
-    Hostile("integrity-lists-ghost", field(EXTENSIONS, lambda d: d["integrity"]["tensors"].update(
-        ghost=b64(bytes(32))))),
+    Hostile(
+        "integrity-lists-encrypted", field(EXTENSIONS, lambda d: d["integrity"]["tensors"].update(enc_c=b64(bytes(32))))
+    ),
+    Hostile(
+        "integrity-lists-ghost", field(EXTENSIONS, lambda d: d["integrity"]["tensors"].update(ghost=b64(bytes(32))))
+    ),
     Hostile("extension-unknown-version", field(EXTENSIONS, update((), version=99)), UnsupportedError),
     Hostile("extension-not-object", metadata(EXTENSIONS, "[]")),
     # partial crypto metadata
-    *[Hostile(f"partial-without-{key}", outer(lambda h, k=key: h["__metadata__"].pop(k)))
-      for key in (CRYPTO_KEYS, ENCRYPTION, POLICY, SIGNATURE)],
-    Hostile("partial-only-signature", outer(lambda h: h.update(__metadata__={
-        SIGNATURE: h["__metadata__"][SIGNATURE]}))),
-    Hostile("partial-only-extension", outer(lambda h: h.update(__metadata__={
-        EXTENSIONS: h["__metadata__"][EXTENSIONS]}))),
+    *[
+        Hostile(f"partial-without-{key}", outer(lambda h, k=key: h["__metadata__"].pop(k)))
+        for key in (CRYPTO_KEYS, ENCRYPTION, POLICY, SIGNATURE)
+    ],
+    Hostile(
+        "partial-only-signature", outer(lambda h: h.update(__metadata__={SIGNATURE: h["__metadata__"][SIGNATURE]}))
+    ),
+    Hostile(
+        "partial-only-extension", outer(lambda h: h.update(__metadata__={EXTENSIONS: h["__metadata__"][EXTENSIONS]}))
+    ),
 ]
 
 CASES = OUTER_CASES + FIELD_CASES

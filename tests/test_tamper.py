@@ -126,8 +126,9 @@ def _assert_nothing_altered(sample: Sample, loader: str, outcome: Outcome) -> No
         assert set(outcome.returned) == set(sample.tensors), f"{loader} returned {sorted(outcome.returned)}"
 
 
-def assert_refused(sample: Sample, data: bytes, tmp_path: Path, expected: Any, *, exact: bool = False,
-                   config: Any = None) -> None:
+def assert_refused(
+    sample: Sample, data: bytes, tmp_path: Path, expected: Any, *, exact: bool = False, config: Any = None
+) -> None:
     """Every loader raises ``expected`` (``exact``: that very class, not a subclass) and alters nothing."""
     kinds = expected if isinstance(expected, tuple) else (expected,)
     config = sample.load_config if config is None else config
@@ -141,9 +142,10 @@ def assert_refused(sample: Sample, data: bytes, tmp_path: Path, expected: Any, *
             )
 
 
-def assert_unchanged(sample: Sample, data: bytes, tmp_path: Path) -> None:
+def assert_unchanged(sample: Sample, data: bytes, tmp_path: Path, config: Any = None) -> None:
     """Every loader loads the file, and every tensor is exactly the original."""
-    for loader, outcome in load_every_way(data, tmp_path, sample.load_config).items():
+    config = sample.load_config if config is None else config
+    for loader, outcome in load_every_way(data, tmp_path, config).items():
         assert not outcome.errors, f"{loader} raised {outcome.errors[0]!r}"
         _assert_nothing_altered(sample, loader, outcome)
 
@@ -327,8 +329,11 @@ def _required_key_cases() -> list[Case]:
     for key in RESERVED:
         renamed = FormatError if key != EXTENSIONS else SignatureError  # a missing required key vs. an edit
         cases += [
-            Case(f"metadata-key-{key}-renamed",
-                 json_edit(lambda h, s, k=key: rename_key(h["__metadata__"], k, "__x" + k[2:])), renamed),
+            Case(
+                f"metadata-key-{key}-renamed",
+                json_edit(lambda h, s, k=key: rename_key(h["__metadata__"], k, "__x" + k[2:])),
+                renamed,
+            ),
             Case(f"metadata-key-{key}-byte-0xff", at(after(f'"{key}"', 3)), FormatError),
         ]
         if key != SIGNATURE:
@@ -344,23 +349,36 @@ def _encryption_cases() -> list[Case]:
     cases = []
     for f in ("wrapped_key", "key_iv", "key_tag", "iv", "tags"):
         for where in ("first", "middle", "last"):
-            cases.append(Case(f"encryption-{f}-b64-bit-{where}", b64_char(enc_field("enc_a", f), where),
-                              SignatureError))
+            cases.append(
+                Case(f"encryption-{f}-b64-bit-{where}", b64_char(enc_field("enc_a", f), where), SignatureError)
+            )
         cases += [
             Case(f"encryption-{f}-invalid-b64-char", b64_char(enc_field("enc_a", f), "first", "!"), FormatError),
-            Case(f"encryption-{f}-not-utf8", lambda s, f=f: flip(s.data, s.find(enc_field("enc_a", f)(s)), 0x80),
-                 FormatError),
+            Case(
+                f"encryption-{f}-not-utf8",
+                lambda s, f=f: flip(s.data, s.find(enc_field("enc_a", f)(s)), 0x80),
+                FormatError,
+            ),
         ]
     for f in ("wrapped_key", "key_iv", "key_tag"):  # under a valid signature, the key wrap catches it
         for byte in (0, -1):
-            cases.append(Case(f"encryption-{f}-resigned-bit-{byte}",
-                              inner_edit(ENCRYPTION, set_enc("enc_a", f, lambda v, b=byte: flip_decoded(v, b)),
-                                         resigned=True), WrongKeyError))
+            cases.append(
+                Case(
+                    f"encryption-{f}-resigned-bit-{byte}",
+                    inner_edit(ENCRYPTION, set_enc("enc_a", f, lambda v, b=byte: flip_decoded(v, b)), resigned=True),
+                    WrongKeyError,
+                )
+            )
     for f in ("iv", "tags"):  # ... and the data AEAD catches these
         for byte in (0, -1):
-            cases.append(Case(f"encryption-{f}-resigned-bit-{byte}",
-                              inner_edit(ENCRYPTION, set_enc("enc_a", f, lambda v, b=byte: flip_decoded(v, b)),
-                                         resigned=True), IntegrityError, exact=True))
+            cases.append(
+                Case(
+                    f"encryption-{f}-resigned-bit-{byte}",
+                    inner_edit(ENCRYPTION, set_enc("enc_a", f, lambda v, b=byte: flip_decoded(v, b)), resigned=True),
+                    IntegrityError,
+                    exact=True,
+                )
+            )
     swaps = {"all": None, "key-wrap": ("wrapped_key", "key_iv", "key_tag"), "iv": ("iv",), "tags": ("tags",)}
     for label, fields in swaps.items():
         swap = inner_edit(ENCRYPTION, swap_enc("enc_a", "enc_b", fields), resigned=True)
@@ -368,15 +386,28 @@ def _encryption_cases() -> list[Case]:
     cases += [
         Case("encryption-swap-all", inner_edit(ENCRYPTION, swap_enc("enc_a", "enc_b")), SignatureError),
         Case("encryption-entry-removed", inner_edit(ENCRYPTION, lambda d, s: d.pop("enc_a")), FormatError),
-        Case("encryption-entry-removed-resigned", inner_edit(ENCRYPTION, lambda d, s: d.pop("enc_a"), resigned=True),
-             FormatError),
-        Case("encryption-field-renamed",
-             inner_edit(ENCRYPTION, lambda d, s: rename_key(d["enc_a"], s.iv_field, "nonce")), FormatError),
-        Case("encryption-empty-tensor-tag-resigned",
-             inner_edit(ENCRYPTION, set_enc("enc_empty", "tags", flip_decoded), resigned=True), IntegrityError,
-             exact=True, versions="2"),
-        Case("encryption-wrapped-key-of-other-file", inner_edit(
-            ENCRYPTION, set_enc("enc_a", "wrapped_key", lambda v: b64(bytes(32))), resigned=True), WrongKeyError),
+        Case(
+            "encryption-entry-removed-resigned",
+            inner_edit(ENCRYPTION, lambda d, s: d.pop("enc_a"), resigned=True),
+            FormatError,
+        ),
+        Case(
+            "encryption-field-renamed",
+            inner_edit(ENCRYPTION, lambda d, s: rename_key(d["enc_a"], s.iv_field, "nonce")),
+            FormatError,
+        ),
+        Case(
+            "encryption-empty-tensor-tag-resigned",
+            inner_edit(ENCRYPTION, set_enc("enc_empty", "tags", flip_decoded), resigned=True),
+            IntegrityError,
+            exact=True,
+            versions="2",
+        ),
+        Case(
+            "encryption-wrapped-key-of-other-file",
+            inner_edit(ENCRYPTION, set_enc("enc_a", "wrapped_key", lambda v: b64(bytes(32))), resigned=True),
+            WrongKeyError,
+        ),
     ]
     return cases
 
@@ -396,35 +427,68 @@ def _crypto_keys_cases() -> list[Case]:
 
     return [
         Case("crypto-keys-version-3", inner_edit(CRYPTO_KEYS, setter(("version",), "3")), UnsupportedError),
-        Case("crypto-keys-version-other", inner_edit(
-            CRYPTO_KEYS, lambda d, s: d.update(version="1" if s.version == "2" else "2")), FormatError),
-        Case("crypto-keys-enc-alg-unknown", inner_edit(CRYPTO_KEYS, setter(("enc", "alg"), "aes512gcm")),
-             UnsupportedError),
+        Case(
+            "crypto-keys-version-other",
+            inner_edit(CRYPTO_KEYS, lambda d, s: d.update(version="1" if s.version == "2" else "2")),
+            FormatError,
+        ),
+        Case(
+            "crypto-keys-enc-alg-unknown",
+            inner_edit(CRYPTO_KEYS, setter(("enc", "alg"), "aes512gcm")),
+            UnsupportedError,
+        ),
         Case("crypto-keys-enc-alg-aes128", inner_edit(CRYPTO_KEYS, setter(("enc", "alg"), "aes128gcm")), FormatError),
-        Case("crypto-keys-enc-alg-respelled", inner_edit(CRYPTO_KEYS, setter(("enc", "alg"), "AES-256-GCM")),
-             SignatureError),
-        Case("crypto-keys-enc-alg-chacha", inner_edit(CRYPTO_KEYS, setter(("enc", "alg"), "chacha20poly1305")),
-             SignatureError),
-        Case("crypto-keys-enc-alg-chacha-resigned",
-             inner_edit(CRYPTO_KEYS, setter(("enc", "alg"), "chacha20poly1305"), resigned=True), WrongKeyError),
-        Case("crypto-keys-sign-alg-unknown", inner_edit(CRYPTO_KEYS, setter(("sign", "alg"), "rs256")),
-             UnsupportedError),
+        Case(
+            "crypto-keys-enc-alg-respelled",
+            inner_edit(CRYPTO_KEYS, setter(("enc", "alg"), "AES-256-GCM")),
+            SignatureError,
+        ),
+        Case(
+            "crypto-keys-enc-alg-chacha",
+            inner_edit(CRYPTO_KEYS, setter(("enc", "alg"), "chacha20poly1305")),
+            SignatureError,
+        ),
+        Case(
+            "crypto-keys-enc-alg-chacha-resigned",
+            inner_edit(CRYPTO_KEYS, setter(("enc", "alg"), "chacha20poly1305"), resigned=True),
+            WrongKeyError,
+        ),
+        Case(
+            "crypto-keys-sign-alg-unknown", inner_edit(CRYPTO_KEYS, setter(("sign", "alg"), "rs256")), UnsupportedError
+        ),
         Case("crypto-keys-enc-kid", inner_edit(CRYPTO_KEYS, setter(("enc", "kid"), "other")), SignatureError),
         Case("crypto-keys-sign-kid", inner_edit(CRYPTO_KEYS, setter(("sign", "kid"), "other")), SignatureError),
         Case("crypto-keys-extra-field", inner_edit(CRYPTO_KEYS, setter(("extra",), 1)), SignatureError),
         Case("crypto-keys-key-material", inner_edit(CRYPTO_KEYS, setter(("enc", "k"), b64(bytes(32)))), FormatError),
-        Case("crypto-keys-chunk-size-32", inner_edit(CRYPTO_KEYS, setter(("chunk_size",), 32)), FormatError,
-             versions="2"),
-        Case("crypto-keys-chunk-size-65", inner_edit(CRYPTO_KEYS, setter(("chunk_size",), 65)), SignatureError,
-             versions="2"),
-        Case("crypto-keys-chunk-size-65-resigned", inner_edit(CRYPTO_KEYS, setter(("chunk_size",), 65), resigned=True),
-             IntegrityError, exact=True, versions="2"),
-        Case("crypto-keys-chunk-size-removed", inner_edit(CRYPTO_KEYS, setter(("chunk_size",), None)), FormatError,
-             versions="2"),
-        Case("crypto-keys-chunk-size-added", inner_edit(CRYPTO_KEYS, setter(("chunk_size",), 64)), SignatureError,
-             versions="1"),
-        Case("crypto-keys-digit-on-disk", at(after_end('"{\\"chunk_size\\":'), 0x01), FormatError,
-             versions="2"),
+        Case(
+            "crypto-keys-chunk-size-32", inner_edit(CRYPTO_KEYS, setter(("chunk_size",), 32)), FormatError, versions="2"
+        ),
+        Case(
+            "crypto-keys-chunk-size-65",
+            inner_edit(CRYPTO_KEYS, setter(("chunk_size",), 65)),
+            SignatureError,
+            versions="2",
+        ),
+        Case(
+            "crypto-keys-chunk-size-65-resigned",
+            inner_edit(CRYPTO_KEYS, setter(("chunk_size",), 65), resigned=True),
+            IntegrityError,
+            exact=True,
+            versions="2",
+        ),
+        Case(
+            "crypto-keys-chunk-size-removed",
+            inner_edit(CRYPTO_KEYS, setter(("chunk_size",), None)),
+            FormatError,
+            versions="2",
+        ),
+        Case(
+            "crypto-keys-chunk-size-added",
+            inner_edit(CRYPTO_KEYS, setter(("chunk_size",), 64)),
+            SignatureError,
+            versions="1",
+        ),
+        Case("crypto-keys-digit-on-disk", at(after_end('"{\\"chunk_size\\":'), 0x01), FormatError, versions="2"),
     ]
 
 
@@ -432,12 +496,18 @@ def _policy_cases() -> list[Case]:
     deny = "package model\nallow = false"
     return [
         Case("policy-local-denies", inner_edit(POLICY, lambda d, s: d.update(local=deny)), SignatureError),
-        Case("policy-local-denies-resigned", inner_edit(POLICY, lambda d, s: d.update(local=deny), resigned=True),
-             PolicyDeniedError),
+        Case(
+            "policy-local-denies-resigned",
+            inner_edit(POLICY, lambda d, s: d.update(local=deny), resigned=True),
+            PolicyDeniedError,
+        ),
         Case("policy-remote-changed", inner_edit(POLICY, lambda d, s: d.update(remote=deny)), SignatureError),
         Case("policy-local-removed", inner_edit(POLICY, lambda d, s: d.pop("local")), SignatureError),
-        Case("policy-reformatted", json_edit(lambda h, s: set_metadata(POLICY, json.dumps(inner(h, POLICY)))(h, s)),
-             SignatureError),
+        Case(
+            "policy-reformatted",
+            json_edit(lambda h, s: set_metadata(POLICY, json.dumps(inner(h, POLICY)))(h, s)),
+            SignatureError,
+        ),
         Case("policy-char-on-disk", at(after_end('local\\":\\"'), 0x01), SignatureError),
         Case("policy-extra-field", inner_edit(POLICY, lambda d, s: d.update(extra="x")), FormatError),
     ]
@@ -456,12 +526,21 @@ def _signature_cases() -> list[Case]:
         Case("signature-b64-bit-last", b64_char(signature, "last"), EITHER),  # may only touch the unused low bits
         Case("signature-invalid-b64", b64_char(signature, "middle", "!"), FormatError),
         Case("signature-empty", json_edit(set_metadata(SIGNATURE, "")), FormatError),
-        Case("signature-63-bytes", json_edit(lambda h, s: set_metadata(SIGNATURE, b64(unb64(signature(s))[:63]))(h, s)),
-             FormatError),
-        Case("signature-decoded-bit",
-             json_edit(lambda h, s: set_metadata(SIGNATURE, flip_decoded(signature(s), 40))(h, s)), SignatureError),
-        Case("signature-of-other-message", json_edit(
-            lambda h, s: set_metadata(SIGNATURE, b64(s.signer.private.sign(b"{}")))(h, s)), SignatureError),
+        Case(
+            "signature-63-bytes",
+            json_edit(lambda h, s: set_metadata(SIGNATURE, b64(unb64(signature(s))[:63]))(h, s)),
+            FormatError,
+        ),
+        Case(
+            "signature-decoded-bit",
+            json_edit(lambda h, s: set_metadata(SIGNATURE, flip_decoded(signature(s), 40))(h, s)),
+            SignatureError,
+        ),
+        Case(
+            "signature-of-other-message",
+            json_edit(lambda h, s: set_metadata(SIGNATURE, b64(s.signer.private.sign(b"{}")))(h, s)),
+            SignatureError,
+        ),
         Case("signature-by-other-key", json_edit(by_other_key), SignatureError),
     ]
 
@@ -470,31 +549,54 @@ def _integrity_cases() -> list[Case]:
     def digests(name: str) -> Callable[[Sample], str]:
         return lambda s: s.digests(name)
 
-    cases = [Case(f"integrity-digest-b64-bit-{where}", b64_char(digests("plain_d"), where), SignatureError)
-             for where in ("first", "middle", "last")]
+    cases = [
+        Case(f"integrity-digest-b64-bit-{where}", b64_char(digests("plain_d"), where), SignatureError)
+        for where in ("first", "middle", "last")
+    ]
     cases += [
         Case("integrity-invalid-b64", b64_char(digests("plain_e"), "first", "!"), FormatError),
-        Case("integrity-alg-unknown", inner_edit(EXTENSIONS, lambda d, s: d["integrity"].update(alg="sha512")),
-             UnsupportedError),
-        Case("integrity-chunk-size-32", inner_edit(EXTENSIONS, lambda d, s: d["integrity"].update(chunk_size=32)),
-             FormatError),
-        Case("integrity-chunk-size-65-resigned", inner_edit(
-            EXTENSIONS, lambda d, s: d["integrity"].update(chunk_size=65), resigned=True), IntegrityError, exact=True),
-        Case("integrity-tensor-unlisted", inner_edit(EXTENSIONS, lambda d, s: d["integrity"]["tensors"].pop("plain_e")),
-             FormatError),
+        Case(
+            "integrity-alg-unknown",
+            inner_edit(EXTENSIONS, lambda d, s: d["integrity"].update(alg="sha512")),
+            UnsupportedError,
+        ),
+        Case(
+            "integrity-chunk-size-32",
+            inner_edit(EXTENSIONS, lambda d, s: d["integrity"].update(chunk_size=32)),
+            FormatError,
+        ),
+        Case(
+            "integrity-chunk-size-65-resigned",
+            inner_edit(EXTENSIONS, lambda d, s: d["integrity"].update(chunk_size=65), resigned=True),
+            IntegrityError,
+            exact=True,
+        ),
+        Case(
+            "integrity-tensor-unlisted",
+            inner_edit(EXTENSIONS, lambda d, s: d["integrity"]["tensors"].pop("plain_e")),
+            FormatError,
+        ),
         Case("integrity-removed", inner_edit(EXTENSIONS, lambda d, s: d.pop("integrity")), SignatureError),
         Case("integrity-version", inner_edit(EXTENSIONS, lambda d, s: d.update(version=2)), UnsupportedError),
         Case("integrity-unknown-member", inner_edit(EXTENSIONS, lambda d, s: d.update(extra=1)), UnsupportedError),
         Case("integrity-extension-removed", json_edit(set_metadata(EXTENSIONS, None)), SignatureError),
-        Case("integrity-swap-digests-resigned",
-             inner_edit(EXTENSIONS, lambda d, s: _swap_digests(d, "plain_d", "plain_f"), resigned=True),
-             IntegrityError, exact=True),
+        Case(
+            "integrity-swap-digests-resigned",
+            inner_edit(EXTENSIONS, lambda d, s: _swap_digests(d, "plain_d", "plain_f"), resigned=True),
+            IntegrityError,
+            exact=True,
+        ),
     ]
     for name in ("plain_d", "plain_e", "plain_empty"):
         for byte in (0, -1):
-            cases.append(Case(f"integrity-{name}-digest-bit-{byte}-resigned", inner_edit(
-                EXTENSIONS, set_digest(name, lambda v, b=byte: flip_decoded(v, b)), resigned=True),
-                IntegrityError, exact=True))
+            cases.append(
+                Case(
+                    f"integrity-{name}-digest-bit-{byte}-resigned",
+                    inner_edit(EXTENSIONS, set_digest(name, lambda v, b=byte: flip_decoded(v, b)), resigned=True),
+                    IntegrityError,
+                    exact=True,
+                )
+            )
     return cases
 
 
@@ -508,8 +610,11 @@ def _user_metadata_cases() -> list[Case]:
         Case("user-metadata-value", json_edit(set_metadata("format", "np")), SignatureError),
         Case("user-metadata-removed", json_edit(set_metadata("format", None)), SignatureError),
         Case("user-metadata-added", json_edit(set_metadata("extra", "1")), SignatureError),
-        Case("user-metadata-renamed", json_edit(lambda h, s: rename_key(h["__metadata__"], "note", "notf")),
-             SignatureError),
+        Case(
+            "user-metadata-renamed",
+            json_edit(lambda h, s: rename_key(h["__metadata__"], "note", "notf")),
+            SignatureError,
+        ),
         Case("user-metadata-byte-on-disk", at(after("héllo", 0), 0x01), SignatureError),
         Case("user-metadata-utf8-broken", at(after("héllo", 1), 0x40), FormatError),
     ]
@@ -521,8 +626,11 @@ def _tensor_entry_cases() -> list[Case]:
         Case("name-encrypted-renamed", json_edit(rename_tensor("enc_a", "enc_z")), FormatError),
         Case("name-plain-renamed", json_edit(rename_tensor("plain_d", "plain_z")), FormatError),
         Case("name-renamed-with-entry", json_edit(rename_tensor("enc_a", "enc_z", in_encryption=True)), SignatureError),
-        Case("name-plain-renamed-with-digest", json_edit(rename_tensor("plain_e", "plain_z", in_integrity=True)),
-             SignatureError),
+        Case(
+            "name-plain-renamed-with-digest",
+            json_edit(rename_tensor("plain_e", "plain_z", in_integrity=True)),
+            SignatureError,
+        ),
         Case("name-byte-on-disk", at(after('"enc_a":{"dtype"', 1), 0x01), FormatError),
         Case("name-duplicated-on-disk", lambda s: put(s.data, s.find('"enc_b":{"dtype"'), b'"enc_a"'), FormatError),
         # dtypes
@@ -541,8 +649,12 @@ def _tensor_entry_cases() -> list[Case]:
         Case("shape-digit-on-disk", at(after('"shape":[6,5]', 9), 0x01), FormatError),
         # offsets
         Case("offsets-swapped", json_edit(swap_entries("enc_a", "plain_f", "data_offsets")), SignatureError),
-        Case("offsets-swapped-resigned", json_edit(swap_entries("enc_a", "plain_f", "data_offsets"), resigned=True),
-             IntegrityError, exact=True),
+        Case(
+            "offsets-swapped-resigned",
+            json_edit(swap_entries("enc_a", "plain_f", "data_offsets"), resigned=True),
+            IntegrityError,
+            exact=True,
+        ),
         Case("offsets-empty-moved", json_edit(set_entry("enc_empty", "data_offsets", [944, 944])), SignatureError),
         Case("offsets-shifted", json_edit(set_entry("enc_c", "data_offsets", [945, 952])), FormatError),
         Case("offsets-digit-on-disk", at(after('"data_offsets":[240,440]', 17), 0x01), FormatError),
@@ -560,8 +672,11 @@ def _structure_cases() -> list[Case]:
         "shape-bracket": after('"shape":[6,5]', 8),
         "offsets-comma": after('"data_offsets":[0,240]', 17),
     }
-    return [Case(f"structure-{label}-{mask:#04x}", at(locate, mask), FormatError)
-            for label, locate in locators.items() for mask in (0x01, 0xFF)]
+    return [
+        Case(f"structure-{label}-{mask:#04x}", at(locate, mask), FormatError)
+        for label, locate in locators.items()
+        for mask in (0x01, 0xFF)
+    ]
 
 
 def _length_prefix_cases() -> list[Case]:
@@ -582,21 +697,38 @@ def _data_cases() -> list[Case]:
             cases.append(Case(f"data-{name}-{where}", data_byte(name, where), IntegrityError, exact=True))
         cases.append(Case(f"data-{name}-low-bit", data_byte(name, "middle", 0x01), IntegrityError, exact=True))
     cases += [
-        Case("data-encrypted-chunks-swapped", swap_data(("enc_a", 0, CHUNK), ("enc_a", CHUNK, 2 * CHUNK)),
-             IntegrityError, exact=True),
-        Case("data-plain-chunks-swapped", swap_data(("plain_d", 0, CHUNK), ("plain_d", CHUNK, 2 * CHUNK)),
-             IntegrityError, exact=True),
+        Case(
+            "data-encrypted-chunks-swapped",
+            swap_data(("enc_a", 0, CHUNK), ("enc_a", CHUNK, 2 * CHUNK)),
+            IntegrityError,
+            exact=True,
+        ),
+        Case(
+            "data-plain-chunks-swapped",
+            swap_data(("plain_d", 0, CHUNK), ("plain_d", CHUNK, 2 * CHUNK)),
+            IntegrityError,
+            exact=True,
+        ),
         Case("data-tensors-swapped", swap_data(("enc_a", 0, 200), ("plain_f", 0, 200)), IntegrityError, exact=True),
-        Case("data-encrypted-zeroed", lambda s: put(s.data, s.offsets("enc_c")[0], bytes(7)), IntegrityError,
-             exact=True),
+        Case(
+            "data-encrypted-zeroed", lambda s: put(s.data, s.offsets("enc_c")[0], bytes(7)), IntegrityError, exact=True
+        ),
     ]
     return cases
 
 
 CASES = [
-    *_length_prefix_cases(), *_structure_cases(), *_required_key_cases(), *_crypto_keys_cases(),
-    *_encryption_cases(), *_policy_cases(), *_signature_cases(), *_integrity_cases(), *_user_metadata_cases(),
-    *_tensor_entry_cases(), *_data_cases(),
+    *_length_prefix_cases(),
+    *_structure_cases(),
+    *_required_key_cases(),
+    *_crypto_keys_cases(),
+    *_encryption_cases(),
+    *_policy_cases(),
+    *_signature_cases(),
+    *_integrity_cases(),
+    *_user_metadata_cases(),
+    *_tensor_entry_cases(),
+    *_data_cases(),
 ]
 assert len({c.id for c in CASES}) == len(CASES), "case ids must be unique"
 
@@ -696,8 +828,9 @@ def test_wrong_verify_key(sample: Sample, master_key: pc.MasterKey, tmp_path: Pa
 
 
 @pytest.mark.parametrize("given", ["nothing", "only-verify-key", "only-master-key"])
-def test_missing_key(sample: Sample, master_key: pc.MasterKey, signing_key: pc.SigningKey, given: str,
-                     tmp_path: Path) -> None:
+def test_missing_key(
+    sample: Sample, master_key: pc.MasterKey, signing_key: pc.SigningKey, given: str, tmp_path: Path
+) -> None:
     config = {
         "nothing": {},
         "only-verify-key": {"sign_key": signing_key.verify_key.to_jwk("reference")},
@@ -729,8 +862,18 @@ def test_truncated_at_every_length_in_memory(sample: Sample) -> None:
 
 
 def test_truncated_files(sample: Sample, tmp_path: Path) -> None:
-    boundaries = {0, 1, 7, 8, 9, sample.json_end, sample.data_start - 1, sample.data_start, sample.data_start + 1,
-                  len(sample.data) - 1}
+    boundaries = {
+        0,
+        1,
+        7,
+        8,
+        9,
+        sample.json_end,
+        sample.data_start - 1,
+        sample.data_start,
+        sample.data_start + 1,
+        len(sample.data) - 1,
+    }
     for length in sorted(boundaries | set(range(0, len(sample.data), 97))):
         assert_refused(sample, sample.data[:length], tmp_path, FormatError)
 
@@ -741,12 +884,22 @@ def test_trailing_bytes(sample: Sample, extra: bytes, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("resigned", [False, True], ids=["as-is", "resigned"])
-@pytest.mark.parametrize("stripped", [
-    (ENCRYPTION,), (CRYPTO_KEYS,), (POLICY,), (SIGNATURE,), (ENCRYPTION, SIGNATURE), (CRYPTO_KEYS, ENCRYPTION),
-    (CRYPTO_KEYS, ENCRYPTION, POLICY, SIGNATURE),
-], ids="+".join)
-def test_partly_stripped_crypto_metadata_is_refused(sample: Sample, stripped: tuple[str, ...], resigned: bool,
-                                                    tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "stripped",
+    [
+        (ENCRYPTION,),
+        (CRYPTO_KEYS,),
+        (POLICY,),
+        (SIGNATURE,),
+        (ENCRYPTION, SIGNATURE),
+        (CRYPTO_KEYS, ENCRYPTION),
+        (CRYPTO_KEYS, ENCRYPTION, POLICY, SIGNATURE),
+    ],
+    ids="+".join,
+)
+def test_partly_stripped_crypto_metadata_is_refused(
+    sample: Sample, stripped: tuple[str, ...], resigned: bool, tmp_path: Path
+) -> None:
     """Not loaded as a plain file (which would hand out ciphertext as weights)."""
 
     def strip(header: Header) -> None:
@@ -763,9 +916,7 @@ def test_fully_stripped_file_is_refused_when_encryption_is_required(sample: Samp
     data = edit(sample.data, lambda h: [h["__metadata__"].pop(key) for key in RESERVED])
     config = {**sample.load_config, "require_encryption": True}
     assert_refused(sample, data, tmp_path, NotEncryptedError, config=config)
-    assert_unchanged(sample, sample.data, tmp_path)  # the genuine file still loads under that option
-    for outcome in load_every_way(sample.data, tmp_path, config).values():
-        assert not outcome.errors
+    assert_unchanged(sample, sample.data, tmp_path, config)  # the genuine file still loads under that option
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -779,8 +930,9 @@ def _as_numpy(value: Any) -> np.ndarray:
     return value if isinstance(value, np.ndarray) else value.numpy()
 
 
-def _check_slices(path: Path, config: Any, framework: str, name: str, original: np.ndarray,
-                  good: list[Any], bad: list[Any]) -> None:
+def _check_slices(
+    path: Path, config: Any, framework: str, name: str, original: np.ndarray, good: list[Any], bad: list[Any]
+) -> None:
     with pc.safe_open(path, framework, config=config) as handle:
         view = handle.get_slice(name)
         for index in bad:
@@ -797,19 +949,36 @@ def _check_slices(path: Path, config: Any, framework: str, name: str, original: 
 
 
 @pytest.mark.parametrize("framework", FRAMEWORKS)
-@pytest.mark.parametrize(("name", "chunk", "good", "bad"), [
-    # F32[50]: 16 elements a chunk; chunk 2 holds elements 32..47
-    ("enc_a", 2, [slice(0, 16), slice(16, 32), slice(48, 50), 31, 48, slice(0, 32, 3)],
-     [slice(32, 48), 40, slice(30, 34), slice(40, 50), slice(None), slice(49, 0, -1)]),
-    # I16[40]: 32 elements a chunk; chunk 1 holds 32..39
-    ("plain_e", 1, [slice(0, 32), 0, 31, slice(None, 32, 2)], [32, slice(30, 40), slice(-1, None)]),
-    # F64[6,5]: 8 elements a chunk; chunk 1 holds flat elements 8..15 (rows 1 to 3)
-    ("plain_d", 1, [0, (0, slice(None)), slice(4, 6), (1, 2), (3, 1)],
-     [2, slice(1, 3), (1, 3), (3, 0), (slice(None), 0)]),
-])
+@pytest.mark.parametrize(
+    ("name", "chunk", "good", "bad"),
+    [
+        # F32[50]: 16 elements a chunk; chunk 2 holds elements 32..47
+        (
+            "enc_a",
+            2,
+            [slice(0, 16), slice(16, 32), slice(48, 50), 31, 48, slice(0, 32, 3)],
+            [slice(32, 48), 40, slice(30, 34), slice(40, 50), slice(None), slice(49, 0, -1)],
+        ),
+        # I16[40]: 32 elements a chunk; chunk 1 holds 32..39
+        ("plain_e", 1, [slice(0, 32), 0, 31, slice(None, 32, 2)], [32, slice(30, 40), slice(-1, None)]),
+        # F64[6,5]: 8 elements a chunk; chunk 1 holds flat elements 8..15 (rows 1 to 3)
+        (
+            "plain_d",
+            1,
+            [0, (0, slice(None)), slice(4, 6), (1, 2), (3, 1)],
+            [2, slice(1, 3), (1, 3), (3, 0), (slice(None), 0)],
+        ),
+    ],
+)
 def test_get_slice_authenticates_only_the_chunks_it_reads(
-    master_key: pc.MasterKey, signing_key: pc.SigningKey, framework: str, name: str, chunk: int,
-    good: list[Any], bad: list[Any], tmp_path: Path,
+    master_key: pc.MasterKey,
+    signing_key: pc.SigningKey,
+    framework: str,
+    name: str,
+    chunk: int,
+    good: list[Any],
+    bad: list[Any],
+    tmp_path: Path,
 ) -> None:
     sample = make_sample(master_key, signing_key, "2")
     start = sample.offsets(name)[0] + chunk * CHUNK + 5
@@ -819,8 +988,49 @@ def test_get_slice_authenticates_only_the_chunks_it_reads(
 
 
 @pytest.mark.parametrize("framework", FRAMEWORKS)
-def test_version_1_authenticates_whole_tensors(master_key: pc.MasterKey, signing_key: pc.SigningKey,
-                                               framework: str, tmp_path: Path) -> None:
+def test_changes_after_open_are_caught(sample: Sample, framework: str, tmp_path: Path) -> None:
+    """Reads are lazy: bytes changed or cut off after safe_open verified the header are caught when read."""
+    path = tmp_path / "model.cts"
+    path.write_bytes(sample.data)
+    with pc.safe_open(path, framework, config=sample.load_config) as handle:
+        with path.open("r+b") as f:  # same inode, changed under the open handle
+            for name in ("enc_a", "plain_d"):
+                f.seek(sample.offsets(name)[0])
+                f.write(b"\xff")
+        for name in ("enc_a", "plain_d"):
+            with pytest.raises(IntegrityError):
+                handle.get_tensor(name)
+        assert same(_as_numpy(handle.get_tensor("enc_b")), sample.tensors["enc_b"])
+        with path.open("r+b") as f:
+            f.truncate(sample.offsets("enc_b")[0] + 10)
+        for name in ("enc_b", "plain_e", "enc_c"):
+            with pytest.raises(FormatError):
+                handle.get_tensor(name)
+
+
+@pytest.mark.parametrize("target", ["enc_big", "plain_big"])
+@pytest.mark.parametrize("version", ["2", "1"])
+def test_tamper_in_the_last_parallel_span(
+    master_key: pc.MasterKey, signing_key: pc.SigningKey, version: str, target: str, tmp_path: Path
+) -> None:
+    """Tensors over 16 MiB are read in several spans on a thread pool: a change near the end is caught too."""
+    rng = np.random.default_rng(7)
+    tensors = {name: rng.standard_normal(5_000_000).astype(np.float32) for name in ("enc_big", "plain_big")}
+    config = {
+        "enc_key": master_key.to_jwk("reference"),
+        "sign_key": signing_key.to_jwk("reference"),
+        "tensors": ["enc_big"],
+        "version": version,
+    }
+    load_config = {"enc_key": master_key.to_jwk("reference"), "sign_key": signing_key.verify_key.to_jwk("reference")}
+    sample = Sample(pn.save(tensors, config=config), tensors, version, signing_key, load_config)
+    assert_refused(sample, flip(sample.data, sample.offsets(target)[1] - 3), tmp_path, IntegrityError, exact=True)
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_version_1_authenticates_whole_tensors(
+    master_key: pc.MasterKey, signing_key: pc.SigningKey, framework: str, tmp_path: Path
+) -> None:
     """Version 1 has one tag per tensor: a slice of an untouched region fails too."""
     sample = make_sample(master_key, signing_key, "1")
     path = tmp_path / "model.cts"

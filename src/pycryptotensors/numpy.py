@@ -17,6 +17,7 @@ from . import _frontend
 from .config import LoadOptions, SaveOptions
 from .errors import UnsupportedError
 from .format.dtypes import DTYPES, DType
+from .reading.handle import plain_errors
 from .writing.writer import TensorData
 
 _NUMPY_TYPES: dict[str, Any] = {
@@ -108,5 +109,6 @@ def load(data: bytes, config: LoadOptions | Mapping[str, Any] | None = None) -> 
     if result is None:
         import safetensors.numpy
 
-        return safetensors.numpy.load(bytes(data))
+        with plain_errors():
+            return safetensors.numpy.load(bytes(data))
     return result

@@ -7,13 +7,15 @@ Plain safetensors files are handed to the ``safetensors`` package itself, untouc
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
+from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
 
 from ..config import LoadOptions, load_options
-from ..errors import CryptoTensorsError, UnsupportedError
+from ..errors import CryptoTensorsError, FormatError, UnsupportedError
 from ..format.crypto_header import RESERVED_KEYS, CryptoHeader
 from ..format.header import TensorEntry
 from .reader import OpenedFile, open_file
@@ -29,6 +31,17 @@ def framework_module(framework: str) -> ModuleType:
         return importlib.import_module(f"pycryptotensors.{_FRAMEWORKS[framework]}")
     except KeyError:
         raise UnsupportedError(f"unsupported framework {framework!r}: use 'np' or 'pt'") from None
+
+
+@contextlib.contextmanager
+def plain_errors() -> Iterator[None]:
+    """Report safetensors' own refusals of a plain file as our FormatError (the documented type)."""
+    import safetensors
+
+    try:
+        yield
+    except safetensors.SafetensorError as error:
+        raise FormatError(f"not a valid safetensors file: {error}") from error
 
 
 def user_metadata(metadata: dict[str, str]) -> dict[str, str] | None:
@@ -104,7 +117,8 @@ class safe_open:  # noqa: N801 - the name safetensors users already know
             import safetensors
 
             kwargs = {"backend": backend} if backend is not None else {}
-            self._plain = safetensors.safe_open(os.fspath(filename), framework, device=device, **kwargs)
+            with plain_errors():
+                self._plain = safetensors.safe_open(os.fspath(filename), framework, device=device, **kwargs)
 
     @classmethod
     def from_bytes(cls, data: bytes, framework: str, config: Any = None) -> safe_open | None:
