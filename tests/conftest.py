@@ -8,9 +8,12 @@ import pycryptotensors as pc
 
 
 @pytest.fixture(autouse=True)
-def _no_ambient_keys(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tests say which keys they use; none leak in from the environment."""
+def _no_ambient_keys(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Tests say which keys and settings they use; none leak in from the environment or the home directory."""
     monkeypatch.delenv("CRYPTOTENSOR_KEYS", raising=False)
+    settings = tmp_path_factory.mktemp("settings") / "config.toml"
+    settings.write_text("key_dirs = []\n")
+    monkeypatch.setenv("PYCRYPTOTENSORS_CONFIG", str(settings))
 
 
 @pytest.fixture

@@ -7,18 +7,31 @@ in a security setting must not silently fall back to a default.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+import os
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from .cipher.aead import COUNTER_LIMIT
 from .errors import ConfigError, MissingKeyError
 from .format.crypto_header import DEFAULT_POLICY
-from .keys.jwk import MasterKey, SigningKey, parse_jwk
+from .keys.jwk import MasterKey, SigningKey, VerifyKey, parse_jwk
 from .keys.keyring import KeyRing
+from .keys.sources import KeyProvider, KeySources, installed_providers
+from .keys.trust import Trust
+from .settings import Settings, load_settings
 
 _SAVE_OPTIONS = {"enc_key", "sign_key", "tensors", "chunk_size", "version", "policy", "integrity"}
-_LOAD_OPTIONS = {"enc_key", "sign_key", "keys", "policy_input", "require_encryption"}
+_LOAD_OPTIONS = {
+    "enc_key",
+    "sign_key",
+    "keys",
+    "policy_input",
+    "require_encryption",
+    "trusted_signers",
+    "key_dirs",
+    "jku_dirs",
+}
 # Our writer's default chunk: half the reference's 2 MiB, so a small slice decrypts half as much, for a cost
 # below 1% in full-load throughput (bench/bench_core.py). Readers take whatever size the header names.
 WRITE_CHUNK_SIZE = 1024 * 1024
@@ -54,11 +67,35 @@ class SaveOptions:
 
 @dataclass
 class LoadOptions:
-    """What a reader may use: the keys it trusts, and claims for the access policy."""
+    """What a reader may use and must require. Keys are looked up in the order of docs/KEYS.md."""
 
-    keyring: KeyRing = field(default_factory=KeyRing)
-    policy_input: Mapping[str, Any] = field(default_factory=dict)
+    keyring: KeyRing = field(default_factory=KeyRing)  # keys passed in code: looked at first
+    policy_input: Mapping[str, Any] = field(default_factory=dict)  # claims for the local policy
     require_encryption: bool = False  # refuse plain files (e.g. an encrypted file stripped of its crypto header)
+    trusted_signers: Sequence[VerifyKey] = ()  # pinned publishers; empty: any configured signer key
+    key_dirs: Sequence[str | os.PathLike[str]] = ()
+    jku_dirs: Sequence[str | os.PathLike[str]] = ()  # where a file's file:// jku may point
+    providers: Sequence[KeyProvider] | None = None  # None: the installed key providers
+    use_settings: bool = True  # merge the consumer's settings file (pycryptotensors.settings)
+    use_environment: bool = True  # read CRYPTOTENSOR_KEYS
+
+    def resolve(self) -> tuple[KeySources, Trust]:
+        """The key sources and trust settings in force, merged with the consumer's settings file."""
+        settings = load_settings() if self.use_settings else Settings()
+        trust = Trust(
+            tuple(self.trusted_signers) or settings.trust.signers,
+            self.require_encryption or settings.trust.require_encryption,
+            settings.trust.rules,
+        )
+        providers = installed_providers() if self.providers is None else tuple(self.providers)
+        sources = KeySources.build(
+            self.keyring,
+            [*self.key_dirs, *settings.key_dirs],
+            [*self.jku_dirs, *settings.jku_dirs],
+            providers,
+            self.use_environment,
+        )
+        return sources, trust
 
 
 def _check_options(config: Mapping[str, Any], allowed: set[str], what: str) -> None:
@@ -107,7 +144,7 @@ def save_options(config: SaveOptions | Mapping[str, Any] | None) -> SaveOptions:
 
 
 def load_options(config: LoadOptions | KeyRing | Mapping[str, Any] | None) -> LoadOptions:
-    """Options for a load: keys from ``config`` first, then ``CRYPTOTENSOR_KEYS``."""
+    """Options for a load from the reference's dict (plus our keys), a KeyRing, or LoadOptions."""
     if isinstance(config, LoadOptions):
         return config
     if isinstance(config, KeyRing):
@@ -120,10 +157,15 @@ def load_options(config: LoadOptions | KeyRing | Mapping[str, Any] | None) -> Lo
             ring.add(config[option])
     for key in config.get("keys", ()):
         ring.add(key)
-    env = KeyRing.from_env()
-    if not ring.master_keys:
-        ring.master_keys += env.master_keys
-    if not ring.verify_keys and not ring.signing_keys:
-        ring.verify_keys += env.verify_keys
-        ring.signing_keys += env.signing_keys
-    return LoadOptions(ring, dict(config.get("policy_input", {})), bool(config.get("require_encryption", False)))
+    signers = [parse_jwk(k) for k in config.get("trusted_signers", ())]
+    pinned = [k.verify_key if isinstance(k, SigningKey) else k for k in signers]
+    if not all(isinstance(k, VerifyKey) for k in pinned):
+        raise ConfigError("trusted_signers must be Ed25519 public keys")
+    return LoadOptions(
+        keyring=ring,
+        policy_input=dict(config.get("policy_input", {})),
+        require_encryption=bool(config.get("require_encryption", False)),
+        trusted_signers=pinned,  # type: ignore[arg-type]
+        key_dirs=list(config.get("key_dirs", ())),
+        jku_dirs=list(config.get("jku_dirs", ())),
+    )

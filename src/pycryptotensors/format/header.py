@@ -145,3 +145,22 @@ def parse_header(header_bytes: bytes, data_start: int, data_len: int) -> Header:
             + ("truncated file" if position > data_len else "trailing bytes")
         )
     return Header(metadata, tensors, data_start, data_len)
+
+
+def serialize_header(metadata: dict[str, str] | None, entries: list[TensorEntry]) -> bytes:
+    """Compact header JSON as safetensors writes it: metadata first (keys sorted), then entries in order."""
+    document: dict[str, Any] = {}
+    if metadata is not None:
+        document["__metadata__"] = {k: metadata[k] for k in sorted(metadata)}
+    for e in entries:
+        document[e.name] = {"dtype": e.dtype.name, "shape": list(e.shape), "data_offsets": [e.start, e.end]}
+    return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def frame_header(header_json: bytes, size: int | None = None) -> bytes:
+    """The 8-byte length prefix and the header, padded with spaces to ``size`` (default: a multiple of 8)."""
+    if size is None:
+        size = len(header_json) + (-len(header_json) % 8)
+    if len(header_json) > size:
+        raise ValueError("header does not fit its reserved space")
+    return struct.pack("<Q", size) + header_json + b" " * (size - len(header_json))

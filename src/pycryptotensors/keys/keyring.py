@@ -82,11 +82,15 @@ class KeyRing:
     def master_key(self, slot: KeySlot) -> MasterKey:
         return _pick(self.master_keys, slot, "master key")
 
-    def verify_key(self, slot: KeySlot) -> VerifyKey:
+    def public_keys(self) -> list[VerifyKey]:
+        """Verification keys, including the public halves of signing keys (each once)."""
         publics: dict[tuple[bytes, str | None], VerifyKey] = {}
         for key in self.verify_keys + [k.verify_key for k in self.signing_keys]:
             publics.setdefault((key.raw, key.kid), key)
-        return _pick(list(publics.values()), slot, "signature verification key")
+        return list(publics.values())
+
+    def verify_key(self, slot: KeySlot) -> VerifyKey:
+        return _pick(self.public_keys(), slot, "signature verification key")
 
     def signing_key(self, slot: KeySlot | None = None) -> SigningKey:
         return _pick(self.signing_keys, slot or KeySlot("ed25519"), "signing key")

@@ -7,6 +7,7 @@ chunks that cover it), authenticating each before any of it is returned.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,12 +15,13 @@ import numpy as np
 from ..cipher.aead import unwrap_keys
 from ..cipher.chunks import SPAN_BYTES, ChunkRange, decrypt_chunks, decrypt_whole, read_plain
 from ..config import LoadOptions
-from ..errors import FormatError, NotEncryptedError, PolicyDeniedError, WrongKeyError
+from ..errors import MissingKeyError, NotEncryptedError, PolicyDeniedError, WrongKeyError
 from ..format.crypto_header import RESERVED_KEYS, CryptoHeader, parse_crypto_header
 from ..format.header import PREFIX_SIZE, Header, TensorEntry, parse_header, read_prefix
 from ..format.signing import verify_header
+from ..keys.sources import KeyRequest, KeySources, ProvidedKeys
 from ..policy.rego import evaluate_policy, local_input
-from .source import ByteSource
+from .source import ByteSource, BytesSource
 
 
 def read_header_bytes(source: ByteSource) -> bytes:
@@ -99,11 +101,40 @@ def _span_bytes(chunks: ChunkRange) -> int:
     return chunks.bounds(chunks.stop - 1)[1] - chunks.byte_lo
 
 
-def open_file(source: ByteSource, options: LoadOptions, framework: str, device: str) -> OpenedFile | None:
+class _Keys:
+    """The keys one open needs, asking the (possibly remote) providers at most once and only if needed."""
+
+    def __init__(self, sources: KeySources, request: KeyRequest) -> None:
+        self.sources, self.request = sources, request
+        self._provided: ProvidedKeys | None = None
+        self._asked = False
+
+    def provided(self) -> ProvidedKeys | None:
+        if not self._asked:
+            self._asked = True
+            for provider in self.sources.providers:
+                self._provided = provider.provide(self.request)
+                if self._provided is not None:
+                    break
+        return self._provided
+
+    def missing(self, what: str, slot_kid: str | None) -> MissingKeyError:
+        named = f" with kid {slot_kid!r}" if slot_kid else ""
+        return MissingKeyError(
+            f"no {what}{named} for {self.request.path} (looked at {self.sources.describe()}; "
+            f"pass config=, set CRYPTOTENSOR_KEYS, or add a key directory)"
+        )
+
+
+def open_file(
+    source: ByteSource, options: LoadOptions, framework: str, device: str, *, evaluate_local_policy: bool = True
+) -> OpenedFile | None:
     """Validate, verify, check policy and unwrap keys; raises before returning anything on any failure.
 
     Returns None for a plain safetensors file, which the caller hands to the ``safetensors`` package.
     """
+    sources, trust = options.resolve()
+    trust = trust.for_file(None if isinstance(source, BytesSource) else source.path)
     header_bytes = read_header_bytes(source)
     crypto = header = None
     if not plainly_unencrypted(header_bytes):
@@ -111,23 +142,42 @@ def open_file(source: ByteSource, options: LoadOptions, framework: str, device: 
         header = parse_header(header_bytes, data_start, source.size - data_start)
         crypto = parse_crypto_header(header)
     if crypto is None or header is None:
-        if options.require_encryption:
+        if trust.require_encryption:
             raise NotEncryptedError(f"{source.path} is not an encrypted CryptoTensors file, and encryption is required")
         return None
-    verify_key = options.keyring.verify_key(crypto.sign)
-    master = options.keyring.master_key(crypto.enc)
+
+    keys = _Keys(sources, KeyRequest(source.path, header_bytes, crypto))
+    verify_key = sources.verify_key(crypto.sign, trust)
+    if verify_key is None and keys.provided() is not None:
+        verify_key = keys.provided().verify_key  # type: ignore[union-attr]
+    if verify_key is None:
+        raise keys.missing("signature verification key", crypto.sign.kid)
+    trust.check_signer(verify_key)
     verify_header(verify_key.public, header, crypto.signature)
 
-    decision = evaluate_policy(crypto.policy_local, local_input(framework, device, options.policy_input))
-    if not decision.allowed:
-        raise PolicyDeniedError(f"the file's local policy denied this load: {decision.reason}")
+    if evaluate_local_policy:
+        decision = evaluate_policy(crypto.policy_local, local_input(framework, device, options.policy_input))
+        if not decision.allowed:
+            raise PolicyDeniedError(f"the file's local policy denied this load: {decision.reason}")
 
+    master = sources.master_key(crypto.enc)
+    if master is None and keys.provided() is not None:
+        provided = keys.provided()
+        master = provided.master_key  # type: ignore[union-attr]
+        if master is None and provided.data_keys is not None:  # type: ignore[union-attr]
+            return OpenedFile(source, header, crypto, _checked_data_keys(crypto, provided.data_keys))  # type: ignore[union-attr]
+    if master is None:
+        raise keys.missing("master key", crypto.enc.kid)
     if len(master.secret) != crypto.cipher.key_size:
         raise WrongKeyError(
             f"the file uses {crypto.cipher.name}, which needs a {crypto.cipher.key_size}-byte master key"
         )
     wrapped = {name: (s.wrapped_key, s.key_iv, s.key_tag) for name, s in crypto.encrypted.items()}
     data_keys = unwrap_keys(crypto.cipher, master.secret, wrapped)
-    if any(len(key) != crypto.cipher.key_size for key in data_keys.values()):
-        raise FormatError("an unwrapped data key has the wrong length")
-    return OpenedFile(source, header, crypto, data_keys)
+    return OpenedFile(source, header, crypto, _checked_data_keys(crypto, data_keys))
+
+
+def _checked_data_keys(crypto: CryptoHeader, data_keys: Mapping[str, bytes]) -> dict[str, bytes]:
+    if set(data_keys) != set(crypto.encrypted) or any(len(k) != crypto.cipher.key_size for k in data_keys.values()):
+        raise WrongKeyError("the data keys obtained do not match this file's encrypted tensors")
+    return dict(data_keys)

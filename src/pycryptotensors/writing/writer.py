@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -33,7 +32,7 @@ from ..format.crypto_header import (
     dumps_compact,
 )
 from ..format.dtypes import DType, nbytes_of
-from ..format.header import PREFIX_SIZE, TensorEntry
+from ..format.header import PREFIX_SIZE, TensorEntry, frame_header, serialize_header
 from ..format.signing import sign_header
 from ..policy.rego import check_policy
 from .sinks import AtomicFile, MemorySink
@@ -129,19 +128,11 @@ def _crypto_metadata(planned: list[_Planned], options: SaveOptions) -> dict[str,
     return metadata
 
 
-def _header_bytes(metadata: dict[str, str], planned: list[_Planned]) -> bytes:
-    document: dict[str, object] = {"__metadata__": {k: metadata[k] for k in sorted(metadata)}}
-    for item in planned:
-        e = item.entry
-        document[e.name] = {"dtype": e.dtype.name, "shape": list(e.shape), "data_offsets": [e.start, e.end]}
-    return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-
-
 def _signed_header(planned: list[_Planned], user_metadata: dict[str, str], options: SaveOptions) -> bytes:
     metadata = {**user_metadata, **_crypto_metadata(planned, options)}
     signature = sign_header(options.signing_key.private, metadata, [p.entry for p in planned])
     metadata[SIGNATURE] = b64encode(signature)
-    return _header_bytes(metadata, planned)
+    return serialize_header(metadata, [p.entry for p in planned])
 
 
 def _check_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
@@ -193,9 +184,9 @@ def _prepare(tensors: Sequence[TensorData], metadata: Mapping[str, str] | None, 
     check_policy(options.policy_local)
     check_policy(options.policy_remote)
     planned = _plan(tensors, options)
-    placeholder = _header_bytes(
+    placeholder = serialize_header(
         {**user_metadata, **_crypto_metadata(planned, options), SIGNATURE: b64encode(bytes(SIGNATURE_SIZE))},
-        planned,
+        [p.entry for p in planned],
     )
     header_size = len(placeholder) + (-len(placeholder) % 8)
     return _Layout(user_metadata, planned, header_size, PREFIX_SIZE + header_size + sum(len(p.data) for p in planned))
@@ -203,11 +194,10 @@ def _prepare(tensors: Sequence[TensorData], metadata: Mapping[str, str] | None, 
 
 def _write_all(sink: Sink, layout: _Layout, options: SaveOptions) -> None:
     _write(sink, layout.planned, layout.data_start, options)
-    header = _signed_header(layout.planned, layout.user_metadata, options)
-    if len(header) > layout.header_size:  # cannot happen: every field has the placeholder's length
-        raise AssertionError("header grew while writing")
-    header += b" " * (layout.header_size - len(header))
-    sink.writeat(0, memoryview(struct.pack("<Q", layout.header_size) + header))
+    # Cannot outgrow the reservation: every field has the placeholder's length.
+    sink.writeat(
+        0, memoryview(frame_header(_signed_header(layout.planned, layout.user_metadata, options), layout.header_size))
+    )
 
 
 def encrypt_file(

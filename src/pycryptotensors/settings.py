@@ -1,0 +1,104 @@
+"""The consumer's settings file: key directories, allowed jku directories, pinned publishers, rules.
+
+Read from the file named by ``PYCRYPTOTENSORS_CONFIG``, else ``~/.config/pycryptotensors/config.toml`` when
+it exists. Code that passes its own options still gets these as defaults, so a deployment configures trust
+once for every program on the machine (including ones that load models with no code change). Format and
+examples: docs/KEYS.md.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+from .keys.files import read_key_file
+from .keys.jwk import VerifyKey
+from .keys.trust import Trust, TrustRule, trust_rule
+
+ENV_VAR = "PYCRYPTOTENSORS_CONFIG"
+DEFAULT_DIR = Path("~/.config/pycryptotensors")
+_TOP_LEVEL = {"key_dirs", "jku_dirs", "trusted_signers", "require_encryption", "rule", "key_service"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    key_dirs: tuple[Path, ...] = ()
+    jku_dirs: tuple[Path, ...] = ()
+    trust: Trust = field(default_factory=Trust)
+    raw: dict[str, Any] = field(default_factory=dict)  # sections for plugins (e.g. key_service)
+
+
+def _paths(value: Any, base: Path, what: str) -> tuple[Path, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"settings: {what} must be a list of paths")
+    return tuple((base / Path(v).expanduser()).resolve() for v in value)
+
+
+def _signers(value: Any, base: Path, what: str) -> tuple[VerifyKey, ...]:
+    keys: list[VerifyKey] = []
+    for path in _paths(value, base, what):
+        for key in read_key_file(path):
+            keys.append(key if isinstance(key, VerifyKey) else key.verify_key)  # type: ignore[union-attr]
+    return tuple(keys)
+
+
+def parse_settings(document: dict[str, Any], base: Path) -> Settings:
+    unknown = set(document) - _TOP_LEVEL
+    if unknown:
+        raise ConfigError(f"settings: unknown keys {sorted(unknown)}")
+    rules: list[TrustRule] = []
+    for i, rule in enumerate(document.get("rule", [])):
+        if not isinstance(rule, dict) or "path" not in rule or set(rule) - {"path", "signers", "require_encryption"}:
+            raise ConfigError(f"settings: rule {i} needs 'path' and may have 'signers', 'require_encryption'")
+        rules.append(
+            trust_rule(
+                base / Path(rule["path"]).expanduser(),
+                _signers(rule.get("signers", []), base, "signers"),
+                bool(rule.get("require_encryption", True)),
+            )
+        )
+    trust = Trust(
+        _signers(document.get("trusted_signers", []), base, "trusted_signers"),
+        bool(document.get("require_encryption", False)),
+        tuple(rules),
+    )
+    key_dirs = document.get("key_dirs")
+    return Settings(
+        _paths(key_dirs, base, "key_dirs") if key_dirs is not None else ((DEFAULT_DIR / "keys").expanduser(),),
+        _paths(document.get("jku_dirs", []), base, "jku_dirs"),
+        trust,
+        document,
+    )
+
+
+def settings_path() -> Path | None:
+    named = os.environ.get(ENV_VAR)
+    if named:
+        return Path(named).expanduser()
+    default = (DEFAULT_DIR / "config.toml").expanduser()
+    return default if default.is_file() else None
+
+
+@cache
+def _load(path: Path | None, mtime: float) -> Settings:
+    if path is None:
+        return Settings(key_dirs=((DEFAULT_DIR / "keys").expanduser(),))
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ConfigError(f"cannot read settings file {path}: {error.strerror}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"settings file {path} is not valid TOML: {error}") from None
+    return parse_settings(document, path.parent)
+
+
+def load_settings() -> Settings:
+    """The consumer's settings (cached until the file changes)."""
+    path = settings_path()
+    mtime = path.stat().st_mtime if path is not None and path.exists() else 0.0
+    return _load(path, mtime)
