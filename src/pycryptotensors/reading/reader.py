@@ -67,7 +67,9 @@ class OpenedFile:
         crypto = self.crypto
         if name in crypto.encrypted:
             sealed = crypto.encrypted[name]
-            key = self.data_keys[name]
+            key = self.data_keys.get(name)
+            if key is None:
+                raise MissingKeyError(f"tensor {name!r} is encrypted and no data key was unwrapped for it")
             if crypto.version == "1":
                 if entry.nbytes == 0:
                     return np.empty(0, dtype=np.uint8), 0
@@ -122,16 +124,24 @@ class _Keys:
         named = f" with kid {slot_kid!r}" if slot_kid else ""
         return MissingKeyError(
             f"no {what}{named} for {self.request.path} (looked at {self.sources.describe()}; "
-            f"pass config=, set CRYPTOTENSOR_KEYS, or add a key directory)"
+            "give it in code or with --key, in CRYPTOTENSOR_KEYS, or in a key directory)"
         )
 
 
 def open_file(
-    source: ByteSource, options: LoadOptions, framework: str, device: str, *, evaluate_local_policy: bool = True
+    source: ByteSource,
+    options: LoadOptions,
+    framework: str,
+    device: str,
+    *,
+    evaluate_local_policy: bool = True,
+    unwrap: bool = True,
 ) -> OpenedFile | None:
     """Validate, verify, check policy and unwrap keys; raises before returning anything on any failure.
 
-    Returns None for a plain safetensors file, which the caller hands to the ``safetensors`` package.
+    Returns None for a plain safetensors file, which the caller hands to the ``safetensors`` package. Tools
+    pass ``evaluate_local_policy=False`` (the publisher's own rewrap, ``verify``) or ``unwrap=False`` (checking
+    a signature without holding the master key).
     """
     sources, trust = options.resolve()
     trust = trust.for_file(None if isinstance(source, BytesSource) else source.path)
@@ -160,6 +170,8 @@ def open_file(
         if not decision.allowed:
             raise PolicyDeniedError(f"the file's local policy denied this load: {decision.reason}")
 
+    if not unwrap:
+        return OpenedFile(source, header, crypto, {})
     master = sources.master_key(crypto.enc)
     if master is None and keys.provided() is not None:
         provided = keys.provided()

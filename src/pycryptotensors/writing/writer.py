@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ..cipher import aead
@@ -145,7 +145,12 @@ def _check_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
     return metadata
 
 
-def _write(sink: Sink, planned: list[_Planned], data_start: int, options: SaveOptions) -> None:
+Progress = Callable[[int], None]  # called with the byte count of each tensor written
+
+
+def _write(
+    sink: Sink, planned: list[_Planned], data_start: int, options: SaveOptions, progress: Progress | None
+) -> None:
     alg = options.master_key.alg
     for item in planned:
         e = item.entry
@@ -162,6 +167,8 @@ def _write(sink: Sink, planned: list[_Planned], data_start: int, options: SaveOp
             sealed = alg.new(item.data_key).encrypt(item.iv, item.data, None)
             sink.writeat(chunks.origin, memoryview(sealed)[: e.nbytes])
             item.tags = [sealed[e.nbytes :]]
+        if progress is not None:
+            progress(e.nbytes)
 
 
 @dataclass(frozen=True)
@@ -192,8 +199,8 @@ def _prepare(tensors: Sequence[TensorData], metadata: Mapping[str, str] | None, 
     return _Layout(user_metadata, planned, header_size, PREFIX_SIZE + header_size + sum(len(p.data) for p in planned))
 
 
-def _write_all(sink: Sink, layout: _Layout, options: SaveOptions) -> None:
-    _write(sink, layout.planned, layout.data_start, options)
+def _write_all(sink: Sink, layout: _Layout, options: SaveOptions, progress: Progress | None = None) -> None:
+    _write(sink, layout.planned, layout.data_start, options, progress)
     # Cannot outgrow the reservation: every field has the placeholder's length.
     sink.writeat(
         0, memoryview(frame_header(_signed_header(layout.planned, layout.user_metadata, options), layout.header_size))
@@ -205,11 +212,12 @@ def encrypt_file(
     path: str | os.PathLike[str],
     metadata: Mapping[str, str] | None,
     options: SaveOptions,
+    progress: Progress | None = None,
 ) -> None:
     """Write an encrypted file atomically: a temporary file beside ``path``, renamed on success."""
     layout = _prepare(tensors, metadata, options)
     with AtomicFile(path, layout.total) as sink:
-        _write_all(sink, layout, options)
+        _write_all(sink, layout, options, progress)
 
 
 def encrypt_bytes(tensors: Sequence[TensorData], metadata: Mapping[str, str] | None, options: SaveOptions) -> bytes:

@@ -1,0 +1,103 @@
+"""What a file holds, without keys (``inspect``), and a full authentication pass (``verify``)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ..config import LoadOptions
+from ..errors import NotEncryptedError
+from ..format.crypto_header import DEFAULT_POLICY, CryptoHeader, chunk_count, parse_crypto_header
+from ..format.header import PREFIX_SIZE, parse_header
+from .handle import user_metadata
+from .reader import open_file, read_header_bytes
+from .source import FileSource
+
+
+def _crypto_summary(crypto: CryptoHeader) -> dict[str, Any]:
+    summary: dict[str, Any] = {
+        "version": crypto.version,
+        "algorithm": crypto.cipher.name,
+        "chunk_size": crypto.chunk_size if crypto.version == "2" else None,
+        "master_key": {"kid": crypto.enc.kid, "jku": crypto.enc.jku},
+        "signer": {"kid": crypto.sign.kid, "jku": crypto.sign.jku, "alg": crypto.sign.alg},
+        "policy": {
+            "local": crypto.policy_local,
+            "remote": crypto.policy_remote,
+            "local_is_default": crypto.policy_local.strip() == DEFAULT_POLICY,
+        },
+        "extensions": {},
+    }
+    if crypto.integrity is not None:
+        summary["extensions"]["integrity"] = {
+            "alg": crypto.integrity.alg,
+            "chunk_size": crypto.integrity.chunk_size,
+            "tensors": len(crypto.integrity.digests),
+        }
+    return summary
+
+
+def describe_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A JSON-ready description of a file (tensors, encryption, keys ids, signer, policy): needs no key.
+
+    The header is fully validated, but nothing is verified: a signature needs the publisher's key (``verify``).
+    """
+    source = FileSource(path)
+    try:
+        header_bytes = read_header_bytes(source)
+        data_start = PREFIX_SIZE + len(header_bytes)
+        header = parse_header(header_bytes, data_start, source.size - data_start)
+        crypto = parse_crypto_header(header)
+    finally:
+        source.close()
+    tensors = []
+    for entry in header.in_offset_order():
+        encrypted = crypto is not None and crypto.is_encrypted(entry.name)
+        item: dict[str, Any] = {
+            "name": entry.name,
+            "dtype": entry.dtype.name,
+            "shape": list(entry.shape),
+            "nbytes": entry.nbytes,
+            "encrypted": encrypted,
+        }
+        if encrypted and crypto is not None and crypto.version == "2":
+            item["chunks"] = chunk_count(entry.nbytes, crypto.chunk_size)
+        tensors.append(item)
+    return {
+        "path": os.fspath(path),
+        "size": source.size,
+        "format": "cryptotensors" if crypto is not None else "safetensors",
+        "metadata": user_metadata(header.metadata) or {},
+        "tensors": tensors,
+        "encrypted_tensors": sum(t["encrypted"] for t in tensors),
+        "crypto": _crypto_summary(crypto) if crypto is not None else None,
+    }
+
+
+def verify_file(path: str | os.PathLike[str], options: LoadOptions, deep: bool = False) -> dict[str, Any]:
+    """Check the signature against the trusted keys; with ``deep``, authenticate every tag and digest too.
+
+    Plaintext only passes through memory; nothing is written. ``deep`` needs the master key (or a provider).
+    """
+    source = FileSource(path)
+    try:
+        opened = open_file(source, options, "np", "cpu", evaluate_local_policy=False, unwrap=deep)
+        if opened is None:
+            raise NotEncryptedError(f"{source.path} is a plain safetensors file: it carries no signature")
+        checked = 0
+        if deep:
+            for entry in opened.header.in_offset_order():
+                buffer = opened.tensor_bytes(entry.name)
+                checked += entry.nbytes
+                buffer.fill(0)
+                del buffer
+        return {
+            "path": os.fspath(path),
+            "signature": "valid",
+            "signer_kid": opened.crypto.sign.kid,
+            "deep": deep,
+            "tensors_checked": len(opened.header.tensors) if deep else 0,
+            "bytes_authenticated": checked,
+        }
+    finally:
+        source.close()
