@@ -21,7 +21,7 @@ from .keys.sources import KeyProvider, KeySources, installed_providers
 from .keys.trust import Trust
 from .settings import Settings, load_settings
 
-_SAVE_OPTIONS = {"enc_key", "sign_key", "tensors", "chunk_size", "version", "policy", "integrity"}
+_SAVE_OPTIONS = {"enc_key", "sign_key", "tensors", "chunk_size", "version", "policy", "integrity", "key_service"}
 _LOAD_OPTIONS = {
     "enc_key",
     "sign_key",
@@ -50,6 +50,7 @@ class SaveOptions:
     policy_local: str = DEFAULT_POLICY
     policy_remote: str = DEFAULT_POLICY
     integrity: bool = True  # signed digests of unencrypted tensors (our extension)
+    key_service: str | None = None  # URL written as the master key's jku: where consumers obtain data keys
 
     def __post_init__(self) -> None:
         if self.version not in ("1", "2"):
@@ -140,6 +141,7 @@ def save_options(config: SaveOptions | Mapping[str, Any] | None) -> SaveOptions:
         policy_local=policy.get("local", DEFAULT_POLICY),
         policy_remote=policy.get("remote", DEFAULT_POLICY),
         integrity=bool(config.get("integrity", True)),
+        key_service=config.get("key_service"),
     )
 
 

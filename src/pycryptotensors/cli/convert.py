@@ -94,6 +94,7 @@ def _save_options(args: argparse.Namespace) -> SaveOptions:
         policy_local=_read_policy(args.policy),
         policy_remote=_read_policy(args.remote_policy),
         integrity=not args.no_integrity,
+        key_service=args.key_service,
     )
 
 

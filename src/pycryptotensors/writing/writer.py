@@ -108,6 +108,8 @@ def _crypto_metadata(planned: list[_Planned], options: SaveOptions) -> dict[str,
     for role, kid in (("enc", options.master_key.kid), ("sign", options.signing_key.kid)):
         if kid is not None:
             keys[role]["kid"] = kid  # type: ignore[index]
+    if options.key_service is not None:
+        keys["enc"]["jku"] = options.key_service  # type: ignore[index]
     encryption = {}
     for item in sorted((p for p in planned if p.data_key is not None), key=lambda p: p.entry.name):
         iv_field, tag_field = ("iv", "tag") if options.version == "1" else ("base_iv", "tags")
