@@ -841,5 +841,22 @@ def test_settings_missing_signer_file(tmp_path, monkeypatch, master_key, signing
 
 def test_settings_key_service_section_is_kept_for_plugins(tmp_path, monkeypatch, master_key, signing_key):
     path = save(tmp_path / "m.ct", master_key, signing_key)
-    use_settings(monkeypatch, tmp_path, '[key_service]\nurl = "https://keys.example"\n')
+    use_settings(monkeypatch, tmp_path, '[key_service]\nallowed = ["https://keys.example"]\n')
     assert_loads(path, {"keys": [master_key, signing_key.verify_key]})
+
+
+def test_keys_md_provider_example(tmp_path, master_key, signing_key):
+    """The provider class in docs/KEYS.md runs as written, and refuses kids that would leave its directory."""
+    text = (Path(__file__).parents[1] / "docs" / "KEYS.md").read_text(encoding="utf-8")
+    [code] = [block.split("```", 1)[0] for block in text.split("```python")[1:] if "class VaultDirProvider" in block]
+    namespace: dict[str, Any] = {}
+    exec(compile(code, "docs/KEYS.md", "exec"), namespace)
+    (tmp_path / "vault").mkdir()
+    write_key_file(tmp_path / "vault" / f"{master_key.kid}.jwk", master_key)
+    provider = namespace["VaultDirProvider"](str(tmp_path / "vault"))
+    path = save(tmp_path / "m.ct", master_key, signing_key)
+    assert_loads(path, pc.LoadOptions(pc.KeyRing([signing_key.verify_key]), providers=[provider]))
+    write_key_file(tmp_path / "escaped.jwk", master_key)
+    sneaky = save(tmp_path / "s.ct", renamed(master_key, "../escaped"), signing_key)
+    with pytest.raises(pc.MissingKeyError):
+        ct_np.load_file(sneaky, config=pc.LoadOptions(pc.KeyRing([signing_key.verify_key]), providers=[provider]))

@@ -63,6 +63,46 @@ class PolicyDeniedError(CryptoTensorsError):
     """The file's access policy did not allow this load (false, undefined, or an error while evaluating)."""
 
 
+class KeyServiceError(KeyAccessError):
+    """The key service did not release the file's data keys. ``reason`` is the service's reason code."""
+
+    reason = "error"
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason
+
+
+class KeyServiceUnreachableError(KeyServiceError):
+    """The key service could not be reached (after retries), or answered with a server error."""
+
+    reason = "unreachable"
+
+
+class KeyServiceNotAllowedError(KeyServiceError):
+    """The file names a key service that is not in the consumer's allow-list; it was not contacted."""
+
+    reason = "not_allowed"
+
+
+class KeyServiceUnauthorizedError(KeyServiceError):
+    """The service did not accept our credential: none configured, unknown, or revoked."""
+
+    reason = "unauthorized"
+
+
+class KeyServiceDeniedError(KeyServiceError):
+    """The service refused the release: no grant, grant revoked / expired / used up, unknown key id, a
+    header that does not verify under the registered publisher key, or invalid attestation evidence."""
+
+
+class RemotePolicyDeniedError(KeyServiceDeniedError, PolicyDeniedError):
+    """The file's remote policy, evaluated by the key service, did not allow the release."""
+
+    reason = "policy_denied"
+
+
 class ConfigError(CryptoTensorsError, ValueError):
     """The caller's configuration is invalid (unknown option, conflicting settings, bad value)."""
 
@@ -74,9 +114,15 @@ __all__ = [
     "IntegrityError",
     "KeyAccessError",
     "KeyFormatError",
+    "KeyServiceDeniedError",
+    "KeyServiceError",
+    "KeyServiceNotAllowedError",
+    "KeyServiceUnauthorizedError",
+    "KeyServiceUnreachableError",
     "MissingKeyError",
     "NotEncryptedError",
     "PolicyDeniedError",
+    "RemotePolicyDeniedError",
     "SignatureError",
     "UnsupportedError",
     "WrongKeyError",

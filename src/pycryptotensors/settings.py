@@ -17,7 +17,7 @@ from typing import Any
 
 from .errors import ConfigError
 from .keys.files import read_key_file
-from .keys.jwk import VerifyKey
+from .keys.jwk import MasterKey, VerifyKey
 from .keys.trust import Trust, TrustRule, trust_rule
 
 ENV_VAR = "PYCRYPTOTENSORS_CONFIG"
@@ -43,8 +43,18 @@ def _signers(value: Any, base: Path, what: str) -> tuple[VerifyKey, ...]:
     keys: list[VerifyKey] = []
     for path in _paths(value, base, what):
         for key in read_key_file(path):
-            keys.append(key if isinstance(key, VerifyKey) else key.verify_key)  # type: ignore[union-attr]
+            if isinstance(key, MasterKey):
+                raise ConfigError(f"settings: {what}: {path} holds a master key, not a publisher key")
+            keys.append(key if isinstance(key, VerifyKey) else key.verify_key)
     return tuple(keys)
+
+
+def _flag(value: Any, what: str, default: bool) -> bool:
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise ConfigError(f"settings: {what} must be true or false")
+    return value
 
 
 def parse_settings(document: dict[str, Any], base: Path) -> Settings:
@@ -52,19 +62,26 @@ def parse_settings(document: dict[str, Any], base: Path) -> Settings:
     if unknown:
         raise ConfigError(f"settings: unknown keys {sorted(unknown)}")
     rules: list[TrustRule] = []
-    for i, rule in enumerate(document.get("rule", [])):
-        if not isinstance(rule, dict) or "path" not in rule or set(rule) - {"path", "signers", "require_encryption"}:
+    raw_rules = document.get("rule", [])
+    if not isinstance(raw_rules, list):
+        raise ConfigError("settings: rule must be an array of tables ([[rule]])")
+    for i, rule in enumerate(raw_rules):
+        if (
+            not isinstance(rule, dict)
+            or not isinstance(rule.get("path"), str)
+            or set(rule) - {"path", "signers", "require_encryption"}
+        ):
             raise ConfigError(f"settings: rule {i} needs 'path' and may have 'signers', 'require_encryption'")
         rules.append(
             trust_rule(
                 base / Path(rule["path"]).expanduser(),
                 _signers(rule.get("signers", []), base, "signers"),
-                bool(rule.get("require_encryption", True)),
+                _flag(rule.get("require_encryption"), f"rule {i} require_encryption", True),
             )
         )
     trust = Trust(
         _signers(document.get("trusted_signers", []), base, "trusted_signers"),
-        bool(document.get("require_encryption", False)),
+        _flag(document.get("require_encryption"), "require_encryption", False),
         tuple(rules),
     )
     key_dirs = document.get("key_dirs")

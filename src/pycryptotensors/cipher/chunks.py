@@ -127,7 +127,9 @@ def decrypt_chunks(
         _run_spans(chunks, task)
     except InvalidTag:
         out.fill(0)
-        raise IntegrityError("an encrypted chunk failed authentication: the file was modified") from None
+        raise IntegrityError(
+            "an encrypted chunk failed authentication: the file was modified (or its data key is wrong)"
+        ) from None
     except BaseException:
         out.fill(0)
         raise

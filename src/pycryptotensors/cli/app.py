@@ -23,15 +23,15 @@ from ..errors import (
     KeyAccessError,
     PolicyDeniedError,
 )
-from . import convert, inspect, keygen, policy
+from . import convert, inspect, keygen, keyservice, policy
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_FORMAT, EXIT_INTEGRITY, EXIT_KEY, EXIT_POLICY = 0, 1, 2, 3, 4, 5, 6
 EXIT_CODES = [
     (ConfigError, EXIT_USAGE),
     (FormatError, EXIT_FORMAT),
     (IntegrityError, EXIT_INTEGRITY),
+    (PolicyDeniedError, EXIT_POLICY),  # before KeyAccessError: a key service's policy refusal is a denial
     (KeyAccessError, EXIT_KEY),
-    (PolicyDeniedError, EXIT_POLICY),
 ]
 
 DESCRIPTION = """\
@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"pycryptotensors {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (keygen, convert, inspect, policy):
+    for module in (keygen, convert, inspect, policy, keyservice):
         module.register(commands)
     return parser
 

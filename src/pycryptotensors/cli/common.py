@@ -59,7 +59,7 @@ def load_options(args: argparse.Namespace) -> LoadOptions:
     )
 
 
-def one_key(path: str, kind: type, what: str) -> Any:
+def one_key(path: str, kind: type | tuple[type, ...], what: str) -> Any:
     keys = [k for k in read_key_file(path) if isinstance(k, kind)]
     if len(keys) != 1:
         raise ConfigError(f"{path} must hold exactly one {what}")

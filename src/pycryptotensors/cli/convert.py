@@ -225,6 +225,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     enc.add_argument(
         "--no-integrity", action="store_true", help="do not add signed digests of unencrypted tensors (our extension)"
     )
+    enc.add_argument(
+        "--key-service", metavar="URL", help="key service URL written into the file (jku): consumers get keys there"
+    )
     add_output_options(enc, progress=True)
     enc.set_defaults(run=run_encrypt)
 

@@ -114,8 +114,12 @@ def _entry(name: str, raw: Any) -> TensorEntry:
     return TensorEntry(name, dtype, tuple(shape), start, end)
 
 
-def parse_header(header_bytes: bytes, data_start: int, data_len: int) -> Header:
-    """Validate the JSON header of a file whose data area holds exactly ``data_len`` bytes."""
+def parse_header(header_bytes: bytes, data_start: int, data_len: int | None) -> Header:
+    """Validate the JSON header of a file whose data area holds exactly ``data_len`` bytes.
+
+    ``data_len=None`` validates a header on its own (a key service sees no data): the offsets must still tile
+    a contiguous area from 0, whose length is then taken as the data length.
+    """
     try:
         text = header_bytes.decode("utf-8")
     except UnicodeDecodeError:
@@ -139,6 +143,8 @@ def parse_header(header_bytes: bytes, data_start: int, data_len: int) -> Header:
             problem = "overlaps the previous tensor" if entry.start < position else "leaves a gap before it"
             raise FormatError(f"tensor {entry.name!r} at offset {entry.start} {problem} (expected {position})")
         position = entry.end
+    if data_len is None:
+        data_len = position
     if position != data_len:
         raise FormatError(
             f"tensors cover {position} bytes but the data area holds {data_len}: "

@@ -10,7 +10,7 @@ order first and the writer's order second: both are deterministic, and both desc
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -51,11 +51,15 @@ def sign_header(private_key: Ed25519PrivateKey, metadata: dict[str, str], ordere
     return private_key.sign(signed_message(metadata, ordered))
 
 
-def verify_header(public_key: Ed25519PublicKey, header: Header, signature: bytes) -> None:
+def verify_header(public_keys: Ed25519PublicKey | Sequence[Ed25519PublicKey], header: Header, signature: bytes) -> None:
+    """Accept the header if one of the trusted keys verifies it (in either deterministic tie order)."""
+    keys = [public_keys] if isinstance(public_keys, Ed25519PublicKey) else list(public_keys)
     for ordered in _candidate_orders(header):
-        try:
-            public_key.verify(signature, signed_message(header.metadata, ordered))
-            return
-        except InvalidSignature:
-            continue
+        message = signed_message(header.metadata, ordered)
+        for key in keys:
+            try:
+                key.verify(signature, message)
+                return
+            except InvalidSignature:
+                continue
     raise SignatureError("the header signature does not verify under the trusted signing key")

@@ -1,8 +1,6 @@
-"""The keys a reader may use, and how a file's key slot picks one.
+"""A bag of keys: master keys, signing keys and verification keys, from code, a file or the environment.
 
-The file names a key id (``kid``); it never supplies key material or, here, a place to fetch it from. A slot
-is matched by ``kid`` first; when the caller configured exactly one key of the needed kind, that key is used
-for a file that names another or no ``kid`` (the reference's ``config={"enc_key": ...}`` behaviour).
+Which key a file gets is decided in :mod:`.sources`; this module only holds and parses them.
 """
 
 from __future__ import annotations
@@ -12,24 +10,11 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ..errors import KeyFormatError, MissingKeyError
-from ..format.crypto_header import KeySlot
+from ..errors import KeyFormatError
 from .jwk import MasterKey, SigningKey, VerifyKey, parse_jwk
 
 ENV_VAR = "CRYPTOTENSOR_KEYS"
 AnyKey = MasterKey | SigningKey | VerifyKey
-
-
-def _pick(keys: list[Any], slot: KeySlot, what: str) -> Any:
-    if slot.kid is not None:
-        for key in keys:
-            if key.kid == slot.kid:
-                return key
-    if len(keys) == 1:
-        return keys[0]
-    named = f" with kid {slot.kid!r}" if slot.kid else ""
-    hint = "" if keys else f" (none configured: pass config= or set {ENV_VAR})"
-    raise MissingKeyError(f"no {what}{named} among the configured keys{hint}")
 
 
 class KeyRing:
@@ -79,18 +64,9 @@ class KeyRing:
             return cls(keys)
         return cls([document])
 
-    def master_key(self, slot: KeySlot) -> MasterKey:
-        return _pick(self.master_keys, slot, "master key")
-
     def public_keys(self) -> list[VerifyKey]:
         """Verification keys, including the public halves of signing keys (each once)."""
         publics: dict[tuple[bytes, str | None], VerifyKey] = {}
         for key in self.verify_keys + [k.verify_key for k in self.signing_keys]:
             publics.setdefault((key.raw, key.kid), key)
         return list(publics.values())
-
-    def verify_key(self, slot: KeySlot) -> VerifyKey:
-        return _pick(self.public_keys(), slot, "signature verification key")
-
-    def signing_key(self, slot: KeySlot | None = None) -> SigningKey:
-        return _pick(self.signing_keys, slot or KeySlot("ed25519"), "signing key")

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Any, Protocol
 from urllib.parse import unquote, urlparse
 
 from ..format.crypto_header import CryptoHeader, KeySlot
@@ -32,7 +32,11 @@ from .keyring import KeyRing
 from .trust import Trust
 
 PROVIDER_GROUP = "pycryptotensors.key_providers"
-K = TypeVar("K", MasterKey, VerifyKey)
+
+
+def _unique(keys: Iterable[VerifyKey]) -> list[VerifyKey]:
+    seen: set[bytes] = set()
+    return [k for k in keys if not (k.raw in seen or seen.add(k.raw))]  # type: ignore[func-returns-value]
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,7 @@ class KeyRequest:
     path: str
     header_bytes: bytes
     crypto: CryptoHeader
+    claims: Mapping[str, Any] = field(default_factory=dict)  # the caller's policy claims, for remote policies
 
 
 @dataclass(frozen=True)
@@ -61,9 +66,14 @@ class KeyProvider(Protocol):
 
 
 @cache
+def _provider_factories() -> tuple[Any, ...]:
+    return tuple(ep.load() for ep in entry_points(group=PROVIDER_GROUP))
+
+
 def installed_providers() -> tuple[KeyProvider, ...]:
-    """Providers registered by installed packages (each entry point is a zero-argument factory)."""
-    return tuple(ep.load()() for ep in entry_points(group=PROVIDER_GROUP))
+    """Providers registered by installed packages: each entry point is a zero-argument factory, called per
+    load so that it sees the current settings."""
+    return tuple(factory() for factory in _provider_factories())
 
 
 def _inside(path: Path, directories: Iterable[Path]) -> bool:
@@ -113,32 +123,41 @@ class KeySources:
     def _rings(self, slot: KeySlot) -> list[KeyRing]:
         return [self.code, self.environment, self.directories, jku_keys(slot.jku, self.jku_dirs)]
 
-    def _pick(self, slot: KeySlot, per_ring: list[list[K]], explicit: list[K]) -> K | None:
+    def master_key(self, slot: KeySlot) -> MasterKey | None:
+        rings = [ring.master_keys for ring in self._rings(slot)]
         if slot.kid is not None:
-            for keys in per_ring:
-                for key in keys:
-                    if key.kid == slot.kid:
-                        return key
-        if len(explicit) == 1:
-            return explicit[0]
+            for key in (k for keys in rings for k in keys):
+                if key.kid == slot.kid:
+                    return key
+        if len(self.code.master_keys) == 1:
+            return self.code.master_keys[0]
         if slot.kid is None:
-            return next((key for keys in per_ring for key in keys), None)
+            return next((k for keys in rings for k in keys), None)
         return None
 
-    def master_key(self, slot: KeySlot) -> MasterKey | None:
-        per_ring = [ring.master_keys for ring in self._rings(slot)]
-        return self._pick(slot, per_ring, self.code.master_keys)
+    def verify_keys(self, slot: KeySlot, trust: Trust) -> list[VerifyKey]:
+        """Candidate publisher keys for a file, best first; the signature decides among them.
 
-    def verify_key(self, slot: KeySlot, trust: Trust) -> VerifyKey | None:
-        per_ring = [trust.pinned_among(ring.public_keys()) for ring in self._rings(slot)]
-        explicit = self.code.public_keys()
-        return self._pick(slot, per_ring, explicit) or (trust.signers[0] if len(trust.signers) == 1 else None)
+        Pinned publishers are a source of their own, and when any are pinned every other source is filtered
+        by them. With pins, a file whose kid matches none of them is still tried against each pinned key: the
+        pins, not the file's kid, are the trust anchor.
+        """
+        rings = [trust.pinned_among(ring.public_keys()) for ring in self._rings(slot)] + [list(trust.signers)]
+        every = _unique(k for keys in rings for k in keys)
+        by_kid = [k for k in every if slot.kid is not None and k.kid == slot.kid]
+        if by_kid:
+            return by_kid[:1]  # the earliest source wins, as for master keys
+        explicit = trust.pinned_among(self.code.public_keys())
+        if len(explicit) == 1:
+            return explicit
+        return every if slot.kid is None or trust.signers else []
 
     def describe(self) -> str:
         """Where we looked, for error messages (no key material)."""
+        jku = f", file:// jku inside {len(self.jku_dirs)} allowed directories" if self.jku_dirs else ""
         return (
             f"{len(self.code.master_keys)} master / {len(self.code.public_keys())} signer keys in code, "
             f"{len(self.environment.master_keys) + len(self.environment.public_keys())} in CRYPTOTENSOR_KEYS, "
             f"{len(self.directories.master_keys) + len(self.directories.public_keys())} in key directories, "
-            f"{len(self.providers)} key providers"
+            f"{len(self.providers)} key providers{jku}"
         )

@@ -38,14 +38,21 @@ class Trust:
     rules: tuple[TrustRule, ...] = field(default=())
 
     def for_file(self, path: str | os.PathLike[str] | None) -> Trust:
+        """The requirements for one file: those of the most specific rule covering it. The path is matched as
+        given and as resolved; when a symlink puts the two under different rules, both rules' requirements
+        apply (encryption if either requires it; the signers of the one naming any), so a link can neither
+        lead a file out of a rule nor bring an outside file into one unchecked."""
         if path is None or not self.rules:
             return self
-        resolved = Path(os.path.realpath(path))
-        matching = [r for r in self.rules if r.covers(resolved)]
-        if not matching:
+        chosen = [
+            max(matching, key=lambda r: len(r.path.parts))
+            for name in (Path(os.path.abspath(path)), Path(os.path.realpath(path)))
+            if (matching := [r for r in self.rules if r.covers(name)])
+        ]
+        if not chosen:
             return self
-        rule = max(matching, key=lambda r: len(r.path.parts))
-        return Trust(rule.signers or self.signers, rule.require_encryption or self.require_encryption)
+        signers = next((r.signers for r in chosen if r.signers), self.signers)
+        return Trust(signers, self.require_encryption or any(r.require_encryption for r in chosen))
 
     def check_signer(self, key: VerifyKey) -> None:
         """Refuse a verification key that is not one of the pinned publishers (when any are pinned)."""

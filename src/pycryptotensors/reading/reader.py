@@ -156,14 +156,15 @@ def open_file(
             raise NotEncryptedError(f"{source.path} is not an encrypted CryptoTensors file, and encryption is required")
         return None
 
-    keys = _Keys(sources, KeyRequest(source.path, header_bytes, crypto))
-    verify_key = sources.verify_key(crypto.sign, trust)
-    if verify_key is None and keys.provided() is not None:
-        verify_key = keys.provided().verify_key  # type: ignore[union-attr]
-    if verify_key is None:
+    keys = _Keys(sources, KeyRequest(source.path, header_bytes, crypto, options.policy_input))
+    candidates = sources.verify_keys(crypto.sign, trust)
+    if not candidates and keys.provided() is not None and keys.provided().verify_key is not None:  # type: ignore[union-attr]
+        vouched = keys.provided().verify_key  # type: ignore[union-attr]
+        trust.check_signer(vouched)  # a key service vouches for the publisher; pins still apply
+        candidates = [vouched]
+    if not candidates:
         raise keys.missing("signature verification key", crypto.sign.kid)
-    trust.check_signer(verify_key)
-    verify_header(verify_key.public, header, crypto.signature)
+    verify_header([key.public for key in candidates], header, crypto.signature)
 
     if evaluate_local_policy:
         decision = evaluate_policy(crypto.policy_local, local_input(framework, device, options.policy_input))

@@ -34,9 +34,12 @@ class RewrapReport:
 
 def _new_crypto_keys(opened: OpenedFile, master: MasterKey | None, signer: SigningKey) -> str:
     keys = loads_strict(opened.header.metadata[CRYPTO_KEYS], CRYPTO_KEYS)
-    if master is not None:
-        keys["enc"] = {"alg": keys["enc"]["alg"], "kty": "oct", **({"kid": master.kid} if master.kid else {})}
-    keys["sign"] = {"alg": keys["sign"]["alg"], "kty": "okp", **({"kid": signer.kid} if signer.kid else {})}
+    for role, key in (("enc", master), ("sign", signer)):
+        if key is None:
+            continue
+        keys[role].pop("kid", None)  # a jku (e.g. the key service) stays: the new key is meant to live there too
+        if key.kid:
+            keys[role]["kid"] = key.kid
     return dumps_compact(keys)
 
 

@@ -1,0 +1,70 @@
+"""Attestation evidence: a JWT issued by an attestation service, checked against that service's keys.
+
+Confidential-computing attestation services (Azure Attestation, Intel Trust Authority, ...) hand a workload
+a signed JWT whose claims describe the TEE (type, measurement, debug flag). The key service verifies the
+signature against the issuer's configured JWKS, the issuer, the audience and the expiry, and hands the
+claims to the remote policy as ``input.attestation``. The interface is one method, so other evidence
+formats can be added without touching the release logic.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import jwt
+
+from ..errors import KeyServiceDeniedError
+
+ALGORITHMS = ["ES256", "ES384", "RS256", "PS256", "EdDSA"]
+
+
+class AttestationError(KeyServiceDeniedError):
+    reason = "attestation_invalid"
+
+
+class AttestationVerifier(Protocol):
+    def verify(self, evidence: str) -> dict[str, Any]:
+        """The verified claims, or AttestationError."""
+        ...
+
+
+@dataclass(frozen=True)
+class JwtAttestationVerifier:
+    issuer: str
+    jwks: dict[str, Any]  # the attestation service's public keys (a JWK Set)
+    audience: str | None = None
+    leeway: float = 30.0
+
+    @classmethod
+    def from_files(cls, issuer: str, jwks_path: str, audience: str | None = None) -> JwtAttestationVerifier:
+        return cls(issuer, json.loads(Path(jwks_path).read_text(encoding="utf-8")), audience)
+
+    def verify(self, evidence: str) -> dict[str, Any]:
+        try:
+            header = jwt.get_unverified_header(evidence)
+            keys = jwt.PyJWKSet.from_dict(self.jwks)
+            candidates = [k for k in keys.keys if header.get("kid") in (None, k.key_id)]
+            if not candidates:
+                raise AttestationError("attestation token signed by an unknown key")
+            last: Exception | None = None
+            for key in candidates:
+                try:
+                    return jwt.decode(
+                        evidence,
+                        key=key.key,
+                        algorithms=ALGORITHMS,
+                        issuer=self.issuer,
+                        audience=self.audience,
+                        leeway=self.leeway,
+                        options={"require": ["exp", "iat", "iss"], "verify_aud": self.audience is not None},
+                    )
+                except jwt.InvalidSignatureError as error:
+                    last = error
+            raise AttestationError(f"attestation token does not verify: {last}")
+        except AttestationError:
+            raise
+        except (jwt.PyJWTError, ValueError, KeyError) as error:
+            raise AttestationError(f"attestation token rejected: {error}") from None

@@ -1,0 +1,198 @@
+"""The consumer's side (a key provider) and the publisher's side (an admin client) of the key service.
+
+The provider answers a file only when its ``jku`` names a service in the consumer's allow-list: a URL is never
+contacted just because a file names it. Data keys stay in memory; each request uses a fresh ephemeral key.
+Transient failures (connection errors, 5xx, 429) are retried with exponential back-off; every refusal maps
+to one clear exception (errors.py).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from ..errors import (
+    ConfigError,
+    KeyServiceDeniedError,
+    KeyServiceError,
+    KeyServiceNotAllowedError,
+    KeyServiceUnauthorizedError,
+    KeyServiceUnreachableError,
+    RemotePolicyDeniedError,
+)
+from ..keys.jwk import VerifyKey, parse_jwk
+from ..keys.sources import KeyRequest, ProvidedKeys
+from .protocol import Ephemeral, b64d
+
+TOKEN_ENV = "PYCRYPTOTENSORS_KEY_SERVICE_TOKEN"
+
+
+def normalize(url: str) -> str:
+    return url.rstrip("/")
+
+
+def _error_for(response: httpx.Response, url: str) -> KeyServiceError:
+    try:
+        body = response.json()
+    except ValueError:
+        body = {}
+    reason = str(body.get("error", "error"))
+    message = f"key service {url} refused: {body.get('message', response.reason_phrase)}"
+    if response.status_code == 401:
+        return KeyServiceUnauthorizedError(message, reason)
+    if reason == "policy_denied":
+        return RemotePolicyDeniedError(message, reason)
+    return KeyServiceDeniedError(message, reason)
+
+
+class KeyServiceProvider:
+    """A :class:`~pycryptotensors.keys.sources.KeyProvider` that obtains data keys from allowed key services."""
+
+    def __init__(
+        self,
+        allowed: Sequence[str],
+        token: str | None,
+        *,
+        timeout: float = 10.0,
+        retries: int = 3,
+        backoff: float = 0.2,
+        verify: bool | str = True,
+        attestation: Callable[[], str | None] | None = None,
+    ) -> None:
+        self.allowed = {normalize(u) for u in allowed}
+        self._token = token
+        self.timeout, self.retries, self.backoff, self.verify = timeout, retries, backoff, verify
+        self.attestation = attestation
+
+    def __repr__(self) -> str:
+        return f"KeyServiceProvider(allowed={sorted(self.allowed)}, token={'set' if self._token else 'none'})"
+
+    def _post(self, url: str, json_body: dict[str, Any]) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {self._token}"}
+        last: Exception | None = None
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(self.backoff * 2 ** (attempt - 1))
+            try:
+                with httpx.Client(timeout=self.timeout, verify=self.verify) as http:
+                    response = http.post(f"{url}/v1/release", json=json_body, headers=headers)
+            except httpx.HTTPError as error:
+                last = error
+                continue
+            if response.status_code >= 500 or response.status_code == 429:
+                last = RuntimeError(f"HTTP {response.status_code}")
+                continue
+            return response
+        raise KeyServiceUnreachableError(f"key service {url} unreachable after {self.retries + 1} tries: {last}")
+
+    def provide(self, request: KeyRequest) -> ProvidedKeys | None:
+        url = request.crypto.enc.jku
+        if not url or not url.startswith(("http://", "https://")):
+            return None
+        url = normalize(url)
+        if url not in self.allowed:
+            raise KeyServiceNotAllowedError(
+                f"{request.path} names key service {url}, which is not in your allow-list; it was not contacted"
+            )
+        if not self._token:
+            raise KeyServiceUnauthorizedError(f"no credential configured for key service {url} (set {TOKEN_ENV})")
+        ephemeral = Ephemeral()
+        evidence = self.attestation() if self.attestation is not None else None
+        body = ephemeral.request(request.header_bytes, dict(request.claims), evidence).to_json()
+        response = self._post(url, body)
+        if response.status_code != 200:
+            raise _error_for(response, url)
+        payload = ephemeral.open(b64d(response.json().get("sealed"), "sealed"), request.header_bytes)
+        publisher = parse_jwk(payload["publisher_key"])
+        if not isinstance(publisher, VerifyKey):
+            raise KeyServiceDeniedError(f"key service {url} answered with an invalid publisher key", "bad_answer")
+        data_keys = {name: b64d(value, "data key") for name, value in payload["data_keys"].items()}
+        return ProvidedKeys(verify_key=publisher, data_keys=data_keys)
+
+
+def from_settings() -> KeyServiceProvider | _Disabled:
+    """The entry point factory: a provider configured by the ``[key_service]`` section of the settings."""
+    from ..settings import load_settings
+
+    section = load_settings().raw.get("key_service")
+    if not section:
+        return _Disabled()
+    if not isinstance(section, dict) or set(section) - {"allowed", "token_file", "timeout", "retries", "ca_file"}:
+        raise ConfigError("settings: [key_service] takes allowed, token_file, timeout, retries, ca_file")
+    token = os.environ.get(TOKEN_ENV)
+    if token is None and section.get("token_file"):
+        token = Path(section["token_file"]).expanduser().read_text(encoding="utf-8").strip()
+    return KeyServiceProvider(
+        section.get("allowed", []),
+        token,
+        timeout=float(section.get("timeout", 10)),
+        retries=int(section.get("retries", 3)),
+        verify=section.get("ca_file", True),
+    )
+
+
+class _Disabled:
+    """No key service configured: the provider has nothing to say about any file."""
+
+    def provide(self, request: KeyRequest) -> None:
+        return None
+
+
+class AdminClient:
+    """The publisher's calls: register models, manage client tokens and grants, read the audit log."""
+
+    def __init__(self, url: str, admin_token: str, *, timeout: float = 10.0, verify: bool | str = True) -> None:
+        self.url = normalize(url)
+        self._http = httpx.Client(timeout=timeout, verify=verify, headers={"Authorization": f"Bearer {admin_token}"})
+
+    def _call(self, method: str, path: str, body: Any = None) -> Any:
+        try:
+            response = self._http.request(method, f"{self.url}{path}", json=body)
+        except httpx.HTTPError as error:
+            raise KeyServiceUnreachableError(f"key service {self.url} unreachable: {error}") from None
+        if response.status_code >= 400:
+            raise _error_for(response, self.url)
+        return response.json()
+
+    def register_model(
+        self,
+        kid: str,
+        publisher: VerifyKey,
+        master_key: Any = None,
+        model_id: str | None = None,
+        alg: str = "aes256gcm",
+    ) -> dict[str, Any]:
+        body = {
+            "publisher_key": publisher.to_jwk(),
+            "model_id": model_id or kid,
+            "alg": alg,
+            "master_key": master_key.to_jwk() if master_key is not None else None,
+        }
+        return self._call("PUT", f"/v1/models/{kid}", body)
+
+    def create_token(self, principal: str) -> str:
+        return self._call("POST", "/v1/tokens", {"principal": principal})["token"]
+
+    def revoke_tokens(self, principal: str) -> int:
+        return self._call("DELETE", f"/v1/tokens/{principal}")["revoked"]
+
+    def grant(
+        self, principal: str, kid: str, not_after: float | str | None = None, max_uses: int | None = None
+    ) -> dict[str, Any]:
+        return self._call(
+            "POST", "/v1/grants", {"principal": principal, "kid": kid, "not_after": not_after, "max_uses": max_uses}
+        )
+
+    def revoke_grant(self, grant_id: str) -> None:
+        self._call("DELETE", f"/v1/grants/{grant_id}")
+
+    def audit(self, limit: int = 100) -> list[dict[str, Any]]:
+        return self._call("GET", f"/v1/audit?limit={limit}")["records"]
+
+    def close(self) -> None:
+        self._http.close()

@@ -1,0 +1,170 @@
+"""Release decisions, independent of HTTP: who asks, for which file, and whether the keys go out.
+
+Order, every step refusing with a reason code and an audit record:
+authenticate the client token -> validate the header -> find the registered model by key id -> verify the
+header signature against the publisher key registered for it (never one the client sends) -> find a usable
+grant -> verify attestation evidence, if any -> evaluate the file's ``remote`` policy -> count the grant use
+(atomically) -> unwrap the data keys and seal them to the client's ephemeral key. The master key never leaves.
+"""
+
+from __future__ import annotations
+
+import datetime
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..cipher.aead import unwrap_keys
+from ..errors import CryptoTensorsError, FormatError, SignatureError, WrongKeyError
+from ..format.crypto_header import parse_crypto_header
+from ..format.header import PREFIX_SIZE, parse_header
+from ..format.signing import verify_header
+from ..policy.rego import evaluate_policy
+from .attestation import AttestationError, AttestationVerifier
+from .protocol import ReleaseRequest, b64e, header_digest, seal
+from .store import AuditRecord, Grant, Store
+
+HTTP_STATUS = {"unauthorized": 401, "bad_request": 400, "server_error": 500}
+
+
+class RefusedError(Exception):
+    """A release refused: ``reason`` is a stable code clients map to one clear error."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason, self.message = reason, message
+
+    @property
+    def status(self) -> int:
+        return HTTP_STATUS.get(self.reason, 403)
+
+
+@dataclass
+class Context:
+    """What is known so far about a request, for the audit record."""
+
+    client: str | None
+    principal: str | None = None
+    kid: str | None = None
+    model_id: str | None = None
+    header_sha256: str | None = None
+
+
+@dataclass
+class ReleaseService:
+    store: Store
+    attestation: AttestationVerifier | None = None
+    clock: Callable[[], float] = field(default=time.time)
+
+    def _audit(self, ctx: Context, decision: str, reason: str) -> None:
+        self.store.audit(
+            AuditRecord(
+                self.clock(), ctx.principal, ctx.kid, ctx.model_id, ctx.header_sha256, decision, reason, ctx.client
+            )
+        )
+
+    def release(self, token: str | None, body: Any, client: str | None = None) -> dict[str, Any]:
+        ctx = Context(client)
+        try:
+            result = self._release(token, body, ctx)
+        except RefusedError as refusal:
+            self._audit(ctx, "deny", f"{refusal.reason}: {refusal.message}")
+            raise
+        self._audit(ctx, "allow", "released")
+        return result
+
+    def _release(self, token: str | None, body: Any, ctx: Context) -> dict[str, Any]:
+        principal = self.store.principal_for(token) if token else None
+        if principal is None:
+            raise RefusedError("unauthorized", "no valid client token (missing, unknown or revoked)")
+        ctx.principal = principal
+        try:
+            request = ReleaseRequest.from_json(body)
+            ctx.header_sha256 = header_digest(request.header_bytes)
+            header = parse_header(request.header_bytes, PREFIX_SIZE + len(request.header_bytes), None)
+            crypto = parse_crypto_header(header)
+        except CryptoTensorsError as error:
+            raise RefusedError("bad_request", f"invalid request or header: {error}") from None
+        if crypto is None:
+            raise RefusedError("bad_request", "the header is not an encrypted CryptoTensors header")
+        ctx.kid = crypto.enc.kid
+        model = self.store.get_model(crypto.enc.kid) if crypto.enc.kid else None
+        if model is None:
+            raise RefusedError("unknown_key", f"no model is registered for key id {crypto.enc.kid!r}")
+        ctx.model_id = model.model_id
+        try:
+            verify_header(model.publisher.public, header, crypto.signature)
+        except (SignatureError, FormatError):
+            raise RefusedError(
+                "bad_signature", "the header does not verify under the registered publisher key"
+            ) from None
+
+        now = self.clock()
+        grant = self._usable_grant(principal, model.kid, now)
+        attested = None
+        if request.attestation is not None:
+            if self.attestation is None:
+                raise RefusedError("attestation_invalid", "this service verifies no attestation evidence")
+            try:
+                attested = self.attestation.verify(request.attestation)
+            except AttestationError as error:
+                raise RefusedError("attestation_invalid", str(error)) from None
+        document = self._policy_input(principal, request, attested, model.kid, model.model_id, crypto, grant, now)
+        decision = evaluate_policy(crypto.policy_remote, document)
+        if not decision.allowed:
+            raise RefusedError("policy_denied", f"the remote policy denied the release: {decision.reason}")
+        if not self.store.consume_grant(grant.id, now):
+            raise RefusedError("grant_exhausted", "the grant was used up or revoked meanwhile")
+        wrapped = {name: (s.wrapped_key, s.key_iv, s.key_tag) for name, s in crypto.encrypted.items()}
+        try:
+            data_keys = unwrap_keys(crypto.cipher, model.master_key.secret, wrapped)
+        except WrongKeyError:
+            raise RefusedError("unwrap_failed", "the registered master key does not unwrap this file's keys") from None
+        payload = {
+            "kid": model.kid,
+            "data_keys": {name: b64e(key) for name, key in data_keys.items()},
+            "publisher_key": model.publisher.to_jwk(),
+        }
+        return {"sealed": b64e(seal(payload, request)), "kid": model.kid}
+
+    def _usable_grant(self, principal: str, kid: str, now: float) -> Grant:
+        grants = self.store.grants_for(principal, kid)
+        if not grants:
+            raise RefusedError("no_grant", f"{principal} has no grant for key id {kid!r}")
+        refusals = []
+        for grant in grants:
+            why = grant.refusal(now)
+            if why is None:
+                return grant
+            refusals.append(why)
+        reason = next(r for r in ("grant_exhausted", "grant_expired", "grant_revoked") if r in refusals)
+        raise RefusedError(reason, f"{principal}'s grant for key id {kid!r} is {reason.split('_')[1]}")
+
+    @staticmethod
+    def _policy_input(
+        principal: str,
+        request: ReleaseRequest,
+        attested: dict[str, Any] | None,
+        kid: str,
+        model_id: str,
+        crypto: Any,
+        grant: Grant,
+        now: float,
+    ) -> dict[str, Any]:
+        return {
+            "principal": principal,
+            "claims": request.claims,
+            "attestation": attested,
+            "time": {
+                "now_ns": int(now * 1e9),
+                "rfc3339": datetime.datetime.fromtimestamp(now, datetime.UTC).isoformat(timespec="seconds"),
+            },
+            "model": {
+                "kid": kid,
+                "model_id": model_id,
+                "encrypted_tensors": len(crypto.encrypted),
+                "header_sha256": header_digest(request.header_bytes),
+            },
+            "grant": {"id": grant.id, "uses": grant.uses, "max_uses": grant.max_uses, "not_after": grant.not_after},
+        }
