@@ -182,4 +182,6 @@ def register(commands: argparse._SubParsersAction) -> None:
     rev.add_argument("grant_id")
     aud = actions.add_parser("audit", help="show the audit log")
     aud.add_argument("--limit", type=int, default=100)
+    for action in (reg, tok, gra, rev, aud):  # --json may also follow the action
+        action.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
     admin.set_defaults(run=run_admin)
