@@ -11,6 +11,7 @@ Exit codes (cli/app.py): 0 ok, 1 other (I/O), 2 usage, 3 malformed file, 4 integ
 
 from __future__ import annotations
 
+import argparse
 import base64
 import filecmp
 import json
@@ -21,7 +22,7 @@ import stat
 import struct
 import subprocess
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ import torch
 
 import pycryptotensors as pc
 import pycryptotensors.torch as ct_torch
+from pycryptotensors.cli.app import build_parser
 from pycryptotensors.keys.files import write_key_file
 
 SCRIPT = Path(sys.executable).with_name("pycryptotensors")  # the installed console script
@@ -277,8 +279,18 @@ def trust(keys: Keys) -> list[Any]:
 # ---------------------------------------------------------------------------------------------------- help
 
 
-HELP_COMMANDS = [[], ["keygen"], ["encrypt"], ["decrypt"], ["rewrap"], ["inspect"], ["verify"], ["policy"],
-                 ["policy", "test"], ["policy", "explain"]]  # fmt: skip
+def command_paths(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> Iterator[list[str]]:
+    """Every command and subcommand of the parser, so that a new one is covered as soon as it exists."""
+    yield list(path)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from command_paths(sub, (*path, name))
+
+
+HELP_COMMANDS = list(command_paths(build_parser()))
+assert {"keygen", "encrypt", "decrypt", "rewrap", "inspect", "verify", "policy"} <= {c[0] for c in HELP_COMMANDS if c}
+assert ["policy", "test"] in HELP_COMMANDS and ["policy", "explain"] in HELP_COMMANDS
 
 
 @pytest.mark.parametrize("command", HELP_COMMANDS, ids=lambda c: " ".join(c) or "top")

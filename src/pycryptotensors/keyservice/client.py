@@ -68,6 +68,12 @@ class KeyServiceProvider:
         self._token = token
         self.timeout, self.retries, self.backoff, self.verify = timeout, retries, backoff, verify
         self.attestation = attestation
+        self._http: httpx.Client | None = None  # one connection pool (and TLS context) per provider
+
+    def _client(self) -> httpx.Client:
+        if self._http is None:
+            self._http = httpx.Client(timeout=self.timeout, verify=self.verify)
+        return self._http
 
     def __repr__(self) -> str:
         return f"KeyServiceProvider(allowed={sorted(self.allowed)}, token={'set' if self._token else 'none'})"
@@ -79,8 +85,7 @@ class KeyServiceProvider:
             if attempt:
                 time.sleep(self.backoff * 2 ** (attempt - 1))
             try:
-                with httpx.Client(timeout=self.timeout, verify=self.verify) as http:
-                    response = http.post(f"{url}/v1/release", json=json_body, headers=headers)
+                response = self._client().post(f"{url}/v1/release", json=json_body, headers=headers)
             except httpx.HTTPError as error:
                 last = error
                 continue
