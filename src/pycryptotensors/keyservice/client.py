@@ -9,6 +9,7 @@ to one clear exception (errors.py).
 from __future__ import annotations
 
 import os
+import ssl
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -34,6 +35,11 @@ TOKEN_ENV = "PYCRYPTOTENSORS_KEY_SERVICE_TOKEN"
 
 def normalize(url: str) -> str:
     return url.rstrip("/")
+
+
+def _tls(verify: bool | str) -> bool | ssl.SSLContext:
+    """True (system CAs), False, or a CA bundle path turned into an SSL context (what httpx expects)."""
+    return ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify
 
 
 def _error_for(response: httpx.Response, url: str) -> KeyServiceError:
@@ -72,7 +78,7 @@ class KeyServiceProvider:
 
     def _client(self) -> httpx.Client:
         if self._http is None:
-            self._http = httpx.Client(timeout=self.timeout, verify=self.verify)
+            self._http = httpx.Client(timeout=self.timeout, verify=_tls(self.verify))
         return self._http
 
     def __repr__(self) -> str:
@@ -153,7 +159,9 @@ class AdminClient:
 
     def __init__(self, url: str, admin_token: str, *, timeout: float = 10.0, verify: bool | str = True) -> None:
         self.url = normalize(url)
-        self._http = httpx.Client(timeout=timeout, verify=verify, headers={"Authorization": f"Bearer {admin_token}"})
+        self._http = httpx.Client(
+            timeout=timeout, verify=_tls(verify), headers={"Authorization": f"Bearer {admin_token}"}
+        )
 
     def _call(self, method: str, path: str, body: Any = None) -> Any:
         try:
