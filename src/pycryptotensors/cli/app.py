@@ -87,6 +87,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         detail = f"{error.strerror}: {error.filename}" if isinstance(error, OSError) and error.strerror else str(error)
         print(f"pycryptotensors: error: {detail}", file=sys.stderr)
         return EXIT_ERROR
+    except Exception as error:  # a bug of ours: still one line, never a traceback that might show data
+        print(f"pycryptotensors: internal error: {type(error).__name__}: {error}", file=sys.stderr)
+        return EXIT_ERROR
     except KeyboardInterrupt:
         print("pycryptotensors: interrupted (finished files are complete; run again to redo the rest)", file=sys.stderr)
         return 130

@@ -163,24 +163,35 @@ def register(commands: argparse._SubParsersAction) -> None:
     admin.add_argument("--ca-file", metavar="PEM", help="CA bundle to verify the service's TLS certificate")
     add_output_options(admin)
     actions = admin.add_subparsers(dest="action", metavar="ACTION", required=True)
-    reg = actions.add_parser("register", help="register a model's master key and publisher key")
+    base = "pycryptotensors keyservice --url https://keys.example:8443 --admin-token-file ks/admin.token"
+
+    def action(name: str, summary: str, example: str) -> argparse.ArgumentParser:
+        return actions.add_parser(
+            name, help=summary, formatter_class=fmt, description=f"{summary}.\n\nexample:\n  {base} \\\n      {example}"
+        )
+
+    reg = action(
+        "register",
+        "register a model's master key and publisher key",
+        "register --kid acme-2026 --publisher-key acme.pub.jwk --master-key acme-2026.jwk",
+    )
     reg.add_argument("--kid", required=True, help="the key id files name in __crypto_keys__.enc.kid")
     reg.add_argument("--publisher-key", required=True, metavar="FILE", help="the publisher's public signing key")
     reg.add_argument("--master-key", metavar="FILE", help="push this master key")
     reg.add_argument("--generate", metavar="FILE", help="let the service make the master key; save it here (0600)")
     reg.add_argument("--model-id", help="a name for the model (default: the kid)")
-    tok = actions.add_parser("token", help="create or revoke client tokens")
+    tok = action("token", "create or revoke client tokens", "token create alice --out alice.token")
     tok.add_argument("token_action", choices=["create", "revoke"])
     tok.add_argument("principal")
     tok.add_argument("--out", metavar="FILE", help="write the new token to FILE (0600) instead of printing it")
-    gra = actions.add_parser("grant", help="grant a principal a key id")
+    gra = action("grant", "grant a principal a key id", "grant alice acme-2026 --until 2027-01-01 --max-uses 100")
     gra.add_argument("principal")
     gra.add_argument("kid")
     gra.add_argument("--until", help="expiry, ISO 8601 (e.g. 2027-01-01T00:00:00+00:00)")
     gra.add_argument("--max-uses", type=int, help="how many releases")
-    rev = actions.add_parser("revoke-grant", help="revoke a grant at once")
+    rev = action("revoke-grant", "revoke a grant at once", "revoke-grant 9f2c61d0a1b2c3d4")
     rev.add_argument("grant_id")
-    aud = actions.add_parser("audit", help="show the audit log")
+    aud = action("audit", "show the audit log: who obtained which key, when, and why", "audit --limit 20 --json")
     aud.add_argument("--limit", type=int, default=100)
     for action in (reg, tok, gra, rev, aud):  # --json may also follow the action
         action.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")

@@ -8,14 +8,17 @@ regopy does not translate).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import getpass
 import json
 import os
+import re
 import socket
 import sys
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,12 +34,45 @@ class PolicyDecision:
     reason: str
 
 
-def _interpreter(policy: str) -> Any:
+_REGO_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _quiet_rego() -> Iterator[None]:
+    """Serialise regopy calls and keep its error reports off stdout.
+
+    rego-cpp prints parse errors straight to file descriptor 1; they would corrupt a CLI's --json output or a
+    server's stdout. The report is still returned to us in the exception, which we turn into one line.
+    """
+    with _REGO_LOCK:
+        sys.stdout.flush()
+        saved = os.dup(1)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, 1)
+            yield
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+            os.close(devnull)
+
+
+def _one_line(error: BaseException) -> str:
+    """rego-cpp reports errors as an S-expression; keep the messages, in one line."""
+    text = str(error)
+    messages = list(dict.fromkeys(m.strip() for m in re.findall(r"errormsg \d+:([^)]*)\)", text)))
+    return "; ".join(messages) if messages else (text.strip().splitlines() or [type(error).__name__])[0]
+
+
+def _evaluate(policy: str, input_document: Mapping[str, Any] | None) -> str:
     import regopy  # imported lazily: the default policy never needs it
 
-    interpreter = regopy.Interpreter()
-    interpreter.add_module("model", policy)
-    return interpreter
+    with _quiet_rego():
+        interpreter = regopy.Interpreter()
+        interpreter.add_module("model", policy)
+        if input_document is not None:
+            interpreter.set_input_term(json.dumps(input_document, default=str))
+        return str(interpreter.query(QUERY))
 
 
 def evaluate_policy(policy: str, input_document: Mapping[str, Any] | None = None) -> PolicyDecision:
@@ -44,13 +80,9 @@ def evaluate_policy(policy: str, input_document: Mapping[str, Any] | None = None
     if policy.strip() == DEFAULT_POLICY:
         return PolicyDecision(True, "default policy (allow = true)")
     try:
-        interpreter = _interpreter(policy)
-        if input_document is not None:
-            interpreter.set_input_term(json.dumps(input_document, default=str))
-        text = str(interpreter.query(QUERY))
+        text = _evaluate(policy, input_document)
     except Exception as exc:  # regopy raises RegoError for parse and evaluation errors
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return PolicyDecision(False, f"policy error: {first_line}")
+        return PolicyDecision(False, f"policy error: {_one_line(exc)}")
     if text.strip() == "undefined":
         return PolicyDecision(False, "data.model.allow is undefined for this input")
     try:
@@ -67,10 +99,9 @@ def check_policy(policy: str) -> None:
     if policy.strip() == DEFAULT_POLICY:
         return
     try:
-        interpreter = _interpreter(policy)
-        interpreter.query(QUERY)
+        _evaluate(policy, None)
     except Exception as exc:
-        raise ConfigError(f"policy does not compile: {str(exc).strip()[:300]}") from None
+        raise ConfigError(f"policy does not compile: {_one_line(exc)[:300]}") from None
     if not policy.lstrip().startswith("package model"):
         raise ConfigError("policy must be a Rego module in 'package model' defining 'allow'")
 

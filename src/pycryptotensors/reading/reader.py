@@ -15,7 +15,14 @@ import numpy as np
 from ..cipher.aead import unwrap_keys
 from ..cipher.chunks import SPAN_BYTES, ChunkRange, decrypt_chunks, decrypt_whole, read_plain
 from ..config import LoadOptions
-from ..errors import MissingKeyError, NotEncryptedError, PolicyDeniedError, WrongKeyError
+from ..errors import (
+    IntegrityError,
+    MissingKeyError,
+    NotEncryptedError,
+    PolicyDeniedError,
+    SignatureError,
+    WrongKeyError,
+)
 from ..format.crypto_header import RESERVED_KEYS, CryptoHeader, parse_crypto_header
 from ..format.header import PREFIX_SIZE, Header, TensorEntry, parse_header, read_prefix
 from ..format.signing import verify_header
@@ -62,6 +69,12 @@ class OpenedFile:
 
         The result is widened to whole chunks: AEAD tags and digests authenticate chunks, not bytes.
         """
+        try:
+            return self._range_bytes(name, lo, hi)
+        except IntegrityError as error:  # say where: in a model directory, which shard and which tensor
+            raise type(error)(f"{self.source.path}: tensor {name!r}: {error}") from None
+
+    def _range_bytes(self, name: str, lo: int, hi: int) -> tuple[np.ndarray, int]:
         entry = self.entry(name)
         origin = self.header.data_start + entry.start
         crypto = self.crypto
@@ -164,12 +177,15 @@ def open_file(
         candidates = [vouched]
     if not candidates:
         raise keys.missing("signature verification key", crypto.sign.kid)
-    verify_header([key.public for key in candidates], header, crypto.signature)
+    try:
+        verify_header([key.public for key in candidates], header, crypto.signature)
+    except SignatureError as error:
+        raise SignatureError(f"{source.path}: {error}") from None
 
     if evaluate_local_policy:
         decision = evaluate_policy(crypto.policy_local, local_input(framework, device, options.policy_input))
         if not decision.allowed:
-            raise PolicyDeniedError(f"the file's local policy denied this load: {decision.reason}")
+            raise PolicyDeniedError(f"{source.path}: the file's local policy denied this load: {decision.reason}")
 
     if not unwrap:
         return OpenedFile(source, header, crypto, {})

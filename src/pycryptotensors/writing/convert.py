@@ -92,7 +92,8 @@ def decrypt_safetensors(
             raise NotEncryptedError(f"{source.path} is already a plain safetensors file")
         entries = opened.header.in_offset_order()
         framed = frame_header(serialize_header(user_metadata(opened.header.metadata), entries))
-        with AtomicFile(dst, len(framed) + opened.header.data_len) as sink:
+        # Plaintext weights: readable by the owner only, whatever the umask (the source was encrypted).
+        with AtomicFile(dst, len(framed) + opened.header.data_len, mode=0o600) as sink:
             sink.writeat(0, memoryview(framed))
             for entry in entries:
                 sink.writeat(len(framed) + entry.start, memoryview(opened.tensor_bytes(entry.name)))
