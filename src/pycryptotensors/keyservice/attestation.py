@@ -45,26 +45,31 @@ class JwtAttestationVerifier:
     def verify(self, evidence: str) -> dict[str, Any]:
         try:
             header = jwt.get_unverified_header(evidence)
-            keys = jwt.PyJWKSet.from_dict(self.jwks)
-            candidates = [k for k in keys.keys if header.get("kid") in (None, k.key_id)]
-            if not candidates:
-                raise AttestationError("attestation token signed by an unknown key")
-            last: Exception | None = None
-            for key in candidates:
-                try:
-                    return jwt.decode(
-                        evidence,
-                        key=key.key,
-                        algorithms=ALGORITHMS,
-                        issuer=self.issuer,
-                        audience=self.audience,
-                        leeway=self.leeway,
-                        options={"require": ["exp", "iat", "iss"], "verify_aud": self.audience is not None},
-                    )
-                except jwt.InvalidSignatureError as error:
-                    last = error
-            raise AttestationError(f"attestation token does not verify: {last}")
-        except AttestationError:
-            raise
+            keys = jwt.PyJWKSet.from_dict(self.jwks).keys
         except (jwt.PyJWTError, ValueError, KeyError) as error:
             raise AttestationError(f"attestation token rejected: {error}") from None
+        algorithm = header.get("alg")
+        if algorithm not in ALGORITHMS:
+            raise AttestationError(f"attestation token uses an unaccepted algorithm {algorithm!r}")
+        # Only keys of the token's algorithm (and of its kid, if it names one) are tried: a key of another type
+        # must never be fed to another algorithm's verifier.
+        candidates = [k for k in keys if k.algorithm_name == algorithm and header.get("kid") in (None, k.key_id)]
+        if not candidates:
+            raise AttestationError("attestation token signed by a key the issuer does not list")
+        last: Exception | None = None
+        for key in candidates:
+            try:
+                return jwt.decode(
+                    evidence,
+                    key=key.key,
+                    algorithms=[algorithm],
+                    issuer=self.issuer,
+                    audience=self.audience,
+                    leeway=self.leeway,
+                    options={"require": ["exp", "iat", "iss"], "verify_aud": self.audience is not None},
+                )
+            except jwt.InvalidSignatureError as error:
+                last = error
+            except (jwt.PyJWTError, ValueError, TypeError) as error:
+                raise AttestationError(f"attestation token rejected: {error}") from None
+        raise AttestationError(f"attestation token does not verify: {last}")

@@ -14,7 +14,8 @@ see :func:`segment`)::
 
 Master keys are stored as base64 in KV v2, not sealed by us: OpenBao encrypts all storage under its barrier key
 (unsealed only in the server's memory) and its ACL policies decide which tokens may read ``models/``. Give the
-service a token whose policy grants exactly create/read/update/list on ``{mount}/data|metadata/{prefix}/*``.
+service a token whose policy allows only create/read/update on ``{mount}/data/{prefix}/*`` and list on
+``{mount}/metadata/{prefix}/*`` (no delete: audit records stay append-only; pruning is an operator's job).
 (The transit engine would keep the key out of the service's memory only if it also unwrapped the data keys,
 which would need a key-wrapping format of OpenBao's, not the file's; so transit is not used.)
 
@@ -128,10 +129,11 @@ class OpenBaoStore:
         return "/".join((self.prefix, *parts))
 
     def _read(self, path: str) -> tuple[Record | None, int]:
-        """The secret at ``path`` and its version (0: there is none, which is what cas=0 expects)."""
+        """The secret at ``path`` and its version (0: there is none, which is what cas=0 expects). A version an
+        operator deleted (``bao kv delete``) reads as None with its real version, so a write can follow it."""
         answer = self._call(
             f"read {path}",
-            lambda kv: kv.read_secret_version(path=path, mount_point=self.mount, raise_on_deleted_version=True),
+            lambda kv: kv.read_secret_version(path=path, mount_point=self.mount, raise_on_deleted_version=False),
         )
         if answer is None:
             return None, 0

@@ -71,6 +71,9 @@ class ReleaseService:
         except RefusedError as refusal:
             self._audit(ctx, "deny", f"{refusal.reason}: {refusal.message}")
             raise
+        except Exception as error:  # a bug or a back-end failure: still audited, and no detail to the client
+            self._audit(ctx, "deny", f"server_error: {type(error).__name__}")
+            raise RefusedError("server_error", "internal error") from error
         self._audit(ctx, "allow", "released")
         return result
 
