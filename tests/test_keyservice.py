@@ -22,6 +22,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -810,3 +811,34 @@ def test_health_and_unknown_routes(ks: Server) -> None:
     assert httpx.get(f"{ks.url}/v1/audit?limit=2", headers=admin).status_code == 200
     malformed = httpx.get(f"{ks.url}/v1/audit?limit=many", headers=admin)
     assert malformed.status_code == 400, malformed.status_code  # a malformed query is the caller's error, not a 500
+
+
+def test_registering_a_key_id_twice_needs_replace(ks: Server, tmp_path: Path) -> None:
+    """Re-registering silently would strand every file encrypted under the old master key."""
+    published = publish(ks, tmp_path, unique("twice"))
+    other = pc.generate_master_key(kid=published.kid)
+    with closing(ks.admin()) as admin:
+        with pytest.raises(KeyServiceDeniedError) as caught:
+            admin.register_model(published.kid, published.signer.verify_key, other)
+        assert caught.value.reason == "conflict"
+        token = granted(ks, published, unique("twice-user"), max_uses=5)
+        assert_same(load(published, ks.provider(token)), published.tensors)  # the old key still serves
+        admin.register_model(published.kid, published.signer.verify_key, other, replace=True)
+    with pytest.raises(KeyServiceDeniedError) as unwrap:
+        load(published, ks.provider(token))
+    assert unwrap.value.reason == "unwrap_failed"
+
+
+def test_policy_can_bind_attestation_to_the_request(ks: Server, tmp_path: Path) -> None:
+    """input.request carries the nonce and ephemeral key, so evidence can be required to name them."""
+    policy = "package model\ndefault allow := false\nallow if { count(input.request.nonce) == 24; input.request.ephemeral_key }"
+    published = publish(ks, tmp_path, unique("bound"), remote_policy=policy)
+    token = granted(ks, published, unique("bound-user"), max_uses=5)
+    assert_same(load(published, ks.provider(token)), published.tensors)
+
+
+def test_grant_until_without_a_zone_means_utc(ks: Server, tmp_path: Path) -> None:
+    published = publish(ks, tmp_path, unique("utc"))
+    with closing(ks.admin()) as admin:
+        grant = admin.grant(unique("utc-user"), published.kid, not_after="2030-01-01T00:00:00")
+    assert grant["not_after"] == 1893456000.0

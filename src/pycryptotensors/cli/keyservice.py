@@ -89,7 +89,7 @@ def run_admin(args: argparse.Namespace) -> int:
             master = one_key(args.master_key, MasterKey, "master key") if args.master_key else None
             if master is None and not args.generate:
                 raise ValueError("give --master-key FILE, or --generate FILE to let the service make one")
-            answer = client.register_model(args.kid, publisher, master, args.model_id)
+            answer = client.register_model(args.kid, publisher, master, args.model_id, replace=args.replace)
             if "master_key" in answer:
                 write_key_file(args.generate, parse_jwk(answer.pop("master_key")))  # 0600
                 answer["master_key_file"] = args.generate
@@ -180,6 +180,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     reg.add_argument("--master-key", metavar="FILE", help="push this master key")
     reg.add_argument("--generate", metavar="FILE", help="let the service make the master key; save it here (0600)")
     reg.add_argument("--model-id", help="a name for the model (default: the kid)")
+    reg.add_argument(
+        "--replace",
+        action="store_true",
+        help="overwrite an existing registration (files under the old master key stop loading)",
+    )
     tok = action("token", "create or revoke client tokens", "token create alice --out alice.token")
     tok.add_argument("token_action", choices=["create", "revoke"])
     tok.add_argument("principal")

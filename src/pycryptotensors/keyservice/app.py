@@ -45,7 +45,10 @@ def _time(value: Any) -> float | None:
         return None
     if isinstance(value, int | float):
         return float(value)
-    return datetime.datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+    moment = datetime.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    if moment.tzinfo is None:  # a date without a zone means UTC, never the server's local time
+        moment = moment.replace(tzinfo=datetime.UTC)
+    return moment.timestamp()
 
 
 def build_app(service: ReleaseService) -> Starlette:
@@ -76,6 +79,9 @@ def build_app(service: ReleaseService) -> Starlette:
         kid = request.path_params["kid"]
         if not isinstance(payload, dict) or "publisher_key" not in payload:
             return _error(400, "bad_request", "publisher_key (a public JWK) is required")
+        if payload.get("replace") is not True and store.get_model(kid) is not None:
+            # Replacing a master key strands every file encrypted under the old one: only on explicit request.
+            return _error(409, "conflict", f"key id {kid!r} is already registered (use replace to overwrite)")
         try:
             publisher = parse_jwk(payload["publisher_key"])
             publisher = publisher.verify_key if isinstance(publisher, SigningKey) else publisher
@@ -130,7 +136,10 @@ def build_app(service: ReleaseService) -> Starlette:
         return JSONResponse({"revoked": request.path_params["grant_id"]})
 
     def get_audit(request: Request, payload: Any) -> JSONResponse:
-        limit = int(request.query_params.get("limit", "100"))
+        try:
+            limit = int(request.query_params.get("limit", "100"))
+        except ValueError:
+            return _error(400, "bad_request", "limit must be an integer")
         return JSONResponse({"records": [asdict(r) for r in store.audit_log(max(1, min(limit, 10_000)))]})
 
     def admin(handler: Any) -> Any:

@@ -8,6 +8,8 @@ to one clear exception (errors.py).
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import ssl
 import time
@@ -81,6 +83,11 @@ class KeyServiceProvider:
             self._http = httpx.Client(timeout=self.timeout, verify=_tls(self.verify))
         return self._http
 
+    def close(self) -> None:
+        if self._http is not None:
+            self._http.close()
+            self._http = None
+
     def __repr__(self) -> str:
         return f"KeyServiceProvider(allowed={sorted(self.allowed)}, token={'set' if self._token else 'none'})"
 
@@ -127,15 +134,24 @@ class KeyServiceProvider:
 
 
 def from_settings() -> KeyServiceProvider | _Disabled:
-    """The entry point factory: a provider configured by the ``[key_service]`` section of the settings."""
+    """The entry point factory: a provider configured by the ``[key_service]`` section of the settings.
+
+    One provider (one connection pool) per configuration and process, however many files are loaded.
+    """
     from ..settings import load_settings
 
     section = load_settings().raw.get("key_service")
     if not section:
         return _Disabled()
+    return _provider_for(json.dumps(section, sort_keys=True), os.environ.get(TOKEN_ENV))
+
+
+@functools.lru_cache(maxsize=8)
+def _provider_for(section_json: str, env_token: str | None) -> KeyServiceProvider:
+    section = json.loads(section_json)
     if not isinstance(section, dict) or set(section) - {"allowed", "token_file", "timeout", "retries", "ca_file"}:
         raise ConfigError("settings: [key_service] takes allowed, token_file, timeout, retries, ca_file")
-    token = os.environ.get(TOKEN_ENV)
+    token = env_token
     if token is None and section.get("token_file"):
         token = Path(section["token_file"]).expanduser().read_text(encoding="utf-8").strip()
     return KeyServiceProvider(
@@ -179,11 +195,13 @@ class AdminClient:
         master_key: Any = None,
         model_id: str | None = None,
         alg: str = "aes256gcm",
+        replace: bool = False,
     ) -> dict[str, Any]:
         body = {
             "publisher_key": publisher.to_jwk(),
             "model_id": model_id or kid,
             "alg": alg,
+            "replace": replace,
             "master_key": master_key.to_jwk() if master_key is not None else None,
         }
         return self._call("PUT", f"/v1/models/{kid}", body)

@@ -70,4 +70,5 @@ def serve(config: ServeConfig) -> None:
         ssl_keyfile=config.tls_key,
         log_level="warning",
         access_log=False,
+        timeout_graceful_shutdown=5,  # idle keep-alive TLS connections must not hold a shutdown for 30 s
     )

@@ -117,13 +117,13 @@ class ReleaseService:
         decision = evaluate_policy(crypto.policy_remote, document)
         if not decision.allowed:
             raise RefusedError("policy_denied", f"the remote policy denied the release: {decision.reason}")
-        if not self.store.consume_grant(grant.id, now):
-            raise RefusedError("grant_exhausted", "the grant was used up or revoked meanwhile")
         wrapped = {name: (s.wrapped_key, s.key_iv, s.key_tag) for name, s in crypto.encrypted.items()}
         try:
             data_keys = unwrap_keys(crypto.cipher, model.master_key.secret, wrapped)
         except WrongKeyError:
             raise RefusedError("unwrap_failed", "the registered master key does not unwrap this file's keys") from None
+        if not self.store.consume_grant(grant.id, now):  # counted last: only a release that can happen uses it
+            raise RefusedError("grant_exhausted", "the grant was used up or revoked meanwhile")
         payload = {
             "kid": model.kid,
             "data_keys": {name: b64e(key) for name, key in data_keys.items()},
@@ -170,4 +170,6 @@ class ReleaseService:
                 "header_sha256": header_digest(request.header_bytes),
             },
             "grant": {"id": grant.id, "uses": grant.uses, "max_uses": grant.max_uses, "not_after": grant.not_after},
+            # What this request is bound to: a policy can require attestation evidence to carry one of them.
+            "request": {"nonce": b64e(request.nonce), "ephemeral_key": b64e(request.ephemeral_public)},
         }
