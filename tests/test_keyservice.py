@@ -831,7 +831,10 @@ def test_registering_a_key_id_twice_needs_replace(ks: Server, tmp_path: Path) ->
 
 def test_policy_can_bind_attestation_to_the_request(ks: Server, tmp_path: Path) -> None:
     """input.request carries the nonce and ephemeral key, so evidence can be required to name them."""
-    policy = "package model\ndefault allow := false\nallow if { count(input.request.nonce) == 24; input.request.ephemeral_key }"
+    policy = (
+        "package model\ndefault allow := false\n"
+        "allow if { count(input.request.nonce) == 24; input.request.ephemeral_key }"
+    )
     published = publish(ks, tmp_path, unique("bound"), remote_policy=policy)
     token = granted(ks, published, unique("bound-user"), max_uses=5)
     assert_same(load(published, ks.provider(token)), published.tensors)
