@@ -28,12 +28,9 @@ import numpy as np
 
 import pycryptotensors as pc
 import pycryptotensors.numpy as ct_np
-from pycryptotensors.format.crypto_header import parse_crypto_header
-from pycryptotensors.format.header import PREFIX_SIZE, parse_header
 from pycryptotensors.keys.sources import KeyRequest
 from pycryptotensors.keyservice.client import AdminClient, KeyServiceProvider
-from pycryptotensors.reading.reader import read_header_bytes
-from pycryptotensors.reading.source import FileSource
+from pycryptotensors.reading.reader import read_header_view
 
 
 def free_port() -> int:
@@ -77,15 +74,9 @@ def start_bao(workdir: Path) -> tuple[subprocess.Popen, str] | None:
 
 
 def request_for(path: Path) -> KeyRequest:
-    source = FileSource(path)
-    try:
-        header_bytes = read_header_bytes(source)
-        start = PREFIX_SIZE + len(header_bytes)
-        crypto = parse_crypto_header(parse_header(header_bytes, start, source.size - start))
-    finally:
-        source.close()
-    assert crypto is not None
-    return KeyRequest(str(path), header_bytes, crypto)
+    view = read_header_view(path)
+    assert view.crypto is not None
+    return KeyRequest(str(path), view.header_bytes, view.crypto)
 
 
 def run_backend(backend: str, args: argparse.Namespace, workdir: Path) -> dict:

@@ -6,11 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from ..format.crypto_header import parse_crypto_header
-from ..format.header import PREFIX_SIZE, parse_header
 from ..policy.rego import check_policy, evaluate_policy, local_input
-from ..reading.reader import read_header_bytes
-from ..reading.source import FileSource
+from ..reading.reader import read_header_view
 from .common import add_output_options, emit
 
 HELP = """\
@@ -53,13 +50,7 @@ def run_test(args: argparse.Namespace) -> int:
 
 
 def run_explain(args: argparse.Namespace) -> int:
-    source = FileSource(args.file)
-    try:
-        header_bytes = read_header_bytes(source)
-        start = PREFIX_SIZE + len(header_bytes)
-        crypto = parse_crypto_header(parse_header(header_bytes, start, source.size - start))
-    finally:
-        source.close()
+    crypto = read_header_view(args.file).crypto
     if crypto is None:
         emit(
             args, {"allowed": True, "reason": "plain safetensors file: no policy"}, "plain safetensors file: no policy"

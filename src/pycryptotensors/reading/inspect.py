@@ -7,10 +7,9 @@ from typing import Any
 
 from ..config import LoadOptions
 from ..errors import NotEncryptedError
-from ..format.crypto_header import DEFAULT_POLICY, CryptoHeader, chunk_count, parse_crypto_header
-from ..format.header import PREFIX_SIZE, parse_header
+from ..format.crypto_header import DEFAULT_POLICY, CryptoHeader, chunk_count
 from .handle import user_metadata
-from .reader import open_file, read_header_bytes
+from .reader import open_file, read_header_view
 from .source import FileSource
 
 
@@ -42,14 +41,8 @@ def describe_file(path: str | os.PathLike[str]) -> dict[str, Any]:
 
     The header is fully validated, but nothing is verified: a signature needs the publisher's key (``verify``).
     """
-    source = FileSource(path)
-    try:
-        header_bytes = read_header_bytes(source)
-        data_start = PREFIX_SIZE + len(header_bytes)
-        header = parse_header(header_bytes, data_start, source.size - data_start)
-        crypto = parse_crypto_header(header)
-    finally:
-        source.close()
+    view = read_header_view(path)
+    header, crypto = view.header, view.crypto
     tensors = []
     for entry in header.in_offset_order():
         encrypted = crypto is not None and crypto.is_encrypted(entry.name)
@@ -65,7 +58,7 @@ def describe_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         tensors.append(item)
     return {
         "path": os.fspath(path),
-        "size": source.size,
+        "size": os.path.getsize(path),
         "format": "cryptotensors" if crypto is not None else "safetensors",
         "metadata": user_metadata(header.metadata) or {},
         "tensors": tensors,

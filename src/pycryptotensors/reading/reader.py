@@ -7,6 +7,7 @@ chunks that cover it), authenticating each before any of it is returned.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -28,12 +29,32 @@ from ..format.header import PREFIX_SIZE, Header, TensorEntry, parse_header, read
 from ..format.signing import verify_header
 from ..keys.sources import KeyRequest, KeySources, ProvidedKeys
 from ..policy.rego import evaluate_policy, local_input
-from .source import ByteSource, BytesSource
+from .source import ByteSource, BytesSource, FileSource
 
 
 def read_header_bytes(source: ByteSource) -> bytes:
     n = read_prefix(source.read(0, min(PREFIX_SIZE, source.size)), source.size)
     return source.read(PREFIX_SIZE, n)
+
+
+@dataclass(frozen=True)
+class HeaderView:
+    """A file's header, validated but not verified: for tools that need no key (inspect, policy explain)."""
+
+    header_bytes: bytes
+    header: Header
+    crypto: CryptoHeader | None
+
+
+def read_header_view(path: str | os.PathLike[str]) -> HeaderView:
+    source = FileSource(path)
+    try:
+        header_bytes = read_header_bytes(source)
+        data_start = PREFIX_SIZE + len(header_bytes)
+        header = parse_header(header_bytes, data_start, source.size - data_start)
+        return HeaderView(header_bytes, header, parse_crypto_header(header))
+    finally:
+        source.close()
 
 
 def plainly_unencrypted(header_bytes: bytes) -> bool:
