@@ -11,6 +11,8 @@ fi
 "$VENV/bin/python" -m pip install -q --upgrade pip
 "$VENV/bin/python" -m pip install -q "torch==2.13.0"
 "$VENV/bin/python" -m pip install -q -e ".[torch,server,test,bench]"
+# Editable installs skip build hooks: add the start-up hook of transparent mode by hand (wheels ship it).
+"$VENV/bin/python" -m pycryptotensors.integrations.transparent install >/dev/null
 "$VENV/bin/python" - <<'PY'
 import torch
 assert torch.__version__.startswith("2.13.0"), f"pip replaced the pinned torch: {torch.__version__}"

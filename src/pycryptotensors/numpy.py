@@ -17,7 +17,7 @@ from . import _frontend
 from .config import LoadOptions, SaveOptions
 from .errors import UnsupportedError
 from .format.dtypes import DTYPES, DType
-from .reading.handle import plain_errors
+from .reading.handle import plain_errors, unwrapped
 from .writing.writer import TensorData
 
 _NUMPY_TYPES: dict[str, Any] = {
@@ -110,5 +110,5 @@ def load(data: bytes, config: LoadOptions | Mapping[str, Any] | None = None) -> 
         import safetensors.numpy
 
         with plain_errors():
-            return safetensors.numpy.load(bytes(data))
+            return unwrapped(safetensors.numpy.load)(bytes(data))
     return result

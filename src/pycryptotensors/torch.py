@@ -17,7 +17,7 @@ from . import _frontend
 from .config import LoadOptions, SaveOptions
 from .errors import UnsupportedError
 from .format.dtypes import DTYPES, DType
-from .reading.handle import plain_errors
+from .reading.handle import plain_errors, unwrapped
 from .writing.writer import TensorData
 
 _TORCH_TYPES: dict[str, torch.dtype] = {
@@ -100,5 +100,5 @@ def load(data: bytes, config: LoadOptions | Mapping[str, Any] | None = None) -> 
         import safetensors.torch
 
         with plain_errors():
-            return safetensors.torch.load(bytes(data))
+            return unwrapped(safetensors.torch.load)(bytes(data))
     return result

@@ -44,6 +44,11 @@ def plain_errors() -> Iterator[None]:
         raise FormatError(f"not a valid safetensors file: {error}") from error
 
 
+def unwrapped(function: Any) -> Any:
+    """The safetensors function itself, under any wrapper transparent mode put around it."""
+    return getattr(function, "__wrapped__", function)
+
+
 def user_metadata(metadata: dict[str, str]) -> dict[str, str] | None:
     """Metadata with the reserved CryptoTensors keys hidden; None when nothing is left, like safetensors."""
     visible = {k: v for k, v in metadata.items() if k not in RESERVED_KEYS}
@@ -97,13 +102,13 @@ class safe_open:  # noqa: N801 - the name safetensors users already know
         self,
         filename: str | os.PathLike[str],
         framework: str,
-        device: str = "cpu",
+        device: str | int = "cpu",
         config: LoadOptions | dict[str, Any] | None = None,
         *,
         backend: str | None = None,
     ) -> None:
         self._frontend = framework_module(framework)
-        self._device = str(device)
+        self._device = f"cuda:{device}" if isinstance(device, int) else str(device)  # safetensors takes both
         self._plain: Any = None
         self._file: OpenedFile | None = None
         source = FileSource(filename)
@@ -117,8 +122,9 @@ class safe_open:  # noqa: N801 - the name safetensors users already know
             import safetensors
 
             kwargs = {"backend": backend} if backend is not None else {}
-            with plain_errors():
-                self._plain = safetensors.safe_open(os.fspath(filename), framework, device=device, **kwargs)
+            with plain_errors():  # the original, also when transparent mode has wrapped it
+                opener = unwrapped(safetensors.safe_open)
+                self._plain = opener(os.fspath(filename), framework, device=device, **kwargs)
 
     @classmethod
     def from_bytes(cls, data: bytes, framework: str, config: Any = None) -> safe_open | None:

@@ -1,0 +1,67 @@
+"""Runs at interpreter start (from ``pycryptotensors-transparent.pth``): arms transparent loading.
+
+It only installs a tiny import hook; nothing heavy is imported until a program imports ``safetensors``. Then
+``pycryptotensors.integrations.transparent`` patches it, so that code which does ``from safetensors import
+safe_open`` at import time (transformers, vLLM) already gets the CryptoTensors-aware version. Set
+``PYCRYPTOTENSORS_TRANSPARENT=0`` to turn it off. Any failure here is silent: a .pth must never break Python.
+"""
+
+import contextlib
+import os
+import sys
+
+DISABLED = ("0", "false", "no", "off")
+TARGETS = ("safetensors", "safetensors.torch", "safetensors.numpy")
+
+
+class _PatchingLoader:
+    """Delegates to the real loader, then lets pycryptotensors patch the freshly executed module."""
+
+    def __init__(self, loader, name):
+        self._loader, self._name = loader, name
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module):
+        self._loader.exec_module(module)
+        try:
+            from pycryptotensors.integrations import transparent
+
+            transparent.patch_module(self._name, module)
+        except Exception as error:
+            sys.stderr.write(f"pycryptotensors: transparent loading not active: {error}\n")
+
+    def __getattr__(self, attribute):
+        return getattr(self._loader, attribute)
+
+
+class SafetensorsHook:
+    """A meta path finder that wraps the loaders of the safetensors modules (and nothing else)."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name not in TARGETS:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(name, path, target)
+            if spec is not None:
+                if spec.loader is not None and hasattr(spec.loader, "exec_module"):
+                    spec.loader = _PatchingLoader(spec.loader, name)
+                return spec
+        return None
+
+
+def install():
+    if not any(isinstance(finder, SafetensorsHook) for finder in sys.meta_path):
+        sys.meta_path.insert(0, SafetensorsHook())
+
+
+def uninstall():
+    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, SafetensorsHook)]
+
+
+if os.environ.get("PYCRYPTOTENSORS_TRANSPARENT", "1").strip().lower() not in DISABLED:
+    with contextlib.suppress(Exception):
+        install()

@@ -1,0 +1,1 @@
+"""Integrations: transparent loading for unmodified safetensors users (``transparent``) and vLLM (``vllm``)."""
