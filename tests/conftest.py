@@ -5,6 +5,12 @@ from __future__ import annotations
 import pytest
 
 import pycryptotensors as pc
+from pycryptotensors.integrations import transparent
+
+# The installed start-up hook makes safetensors CryptoTensors-aware in every process, this one included. Tests
+# in this process use the real safetensors (to write plain files, or to read ciphertext as an attacker
+# would); transparent mode is tested in fresh subprocesses, where the hook runs as in real use.
+transparent.disable()
 
 
 @pytest.fixture(autouse=True)

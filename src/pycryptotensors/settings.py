@@ -31,6 +31,7 @@ class Settings:
     jku_dirs: tuple[Path, ...] = ()
     trust: Trust = field(default_factory=Trust)
     raw: dict[str, Any] = field(default_factory=dict)  # sections for plugins (e.g. key_service)
+    base: Path = field(default_factory=Path.cwd)  # relative paths in the file are relative to its directory
 
 
 def _paths(value: Any, base: Path, what: str) -> tuple[Path, ...]:
@@ -90,6 +91,7 @@ def parse_settings(document: dict[str, Any], base: Path) -> Settings:
         _paths(document.get("jku_dirs", []), base, "jku_dirs"),
         trust,
         document,
+        base,
     )
 
 

@@ -140,26 +140,28 @@ def from_settings() -> KeyServiceProvider | _Disabled:
     """
     from ..settings import load_settings
 
-    section = load_settings().raw.get("key_service")
+    settings = load_settings()
+    section = settings.raw.get("key_service")
     if not section:
         return _Disabled()
-    return _provider_for(json.dumps(section, sort_keys=True), os.environ.get(TOKEN_ENV))
+    return _provider_for(json.dumps(section, sort_keys=True), os.environ.get(TOKEN_ENV), str(settings.base))
 
 
 @functools.lru_cache(maxsize=8)
-def _provider_for(section_json: str, env_token: str | None) -> KeyServiceProvider:
+def _provider_for(section_json: str, env_token: str | None, base: str) -> KeyServiceProvider:
     section = json.loads(section_json)
     if not isinstance(section, dict) or set(section) - {"allowed", "token_file", "timeout", "retries", "ca_file"}:
         raise ConfigError("settings: [key_service] takes allowed, token_file, timeout, retries, ca_file")
     token = env_token
     if token is None and section.get("token_file"):
-        token = Path(section["token_file"]).expanduser().read_text(encoding="utf-8").strip()
+        token = (Path(base) / Path(section["token_file"]).expanduser()).read_text(encoding="utf-8").strip()
+    ca_file = section.get("ca_file")
     return KeyServiceProvider(
         section.get("allowed", []),
         token,
         timeout=float(section.get("timeout", 10)),
         retries=int(section.get("retries", 3)),
-        verify=section.get("ca_file", True),
+        verify=str(Path(base) / Path(ca_file).expanduser()) if ca_file else True,
     )
 
 

@@ -8,8 +8,9 @@ chunks that cover it), authenticating each before any of it is returned.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -27,6 +28,7 @@ from ..errors import (
 from ..format.crypto_header import RESERVED_KEYS, CryptoHeader, parse_crypto_header
 from ..format.header import PREFIX_SIZE, Header, TensorEntry, parse_header, read_prefix
 from ..format.signing import verify_header
+from ..keys.jwk import MasterKey
 from ..keys.sources import KeyRequest, KeySources, ProvidedKeys
 from ..policy.rego import evaluate_policy, local_input
 from .source import ByteSource, BytesSource, FileSource
@@ -72,6 +74,21 @@ class OpenedFile:
     header: Header
     crypto: CryptoHeader
     data_keys: dict[str, bytes]
+    # A deferred key release (a key service): asked once, at the first encrypted read, so that opening a file
+    # only to read its metadata (as transformers does) costs no release and no audit record.
+    fetch_keys: Callable[[], dict[str, bytes]] | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def data_key(self, name: str) -> bytes:
+        if name not in self.data_keys and self.fetch_keys is not None:
+            with self._lock:
+                if self.fetch_keys is not None:
+                    self.data_keys.update(self.fetch_keys())
+                    self.fetch_keys = None
+        key = self.data_keys.get(name)
+        if key is None:
+            raise MissingKeyError(f"tensor {name!r} is encrypted and no data key was unwrapped for it")
+        return key
 
     def entry(self, name: str) -> TensorEntry:
         try:
@@ -101,9 +118,7 @@ class OpenedFile:
         crypto = self.crypto
         if name in crypto.encrypted:
             sealed = crypto.encrypted[name]
-            key = self.data_keys.get(name)
-            if key is None:
-                raise MissingKeyError(f"tensor {name!r} is encrypted and no data key was unwrapped for it")
+            key = self.data_key(name)
             if crypto.version == "1":
                 if entry.nbytes == 0:
                     return np.empty(0, dtype=np.uint8), 0
@@ -124,6 +139,7 @@ class OpenedFile:
 
     def close(self) -> None:
         self.data_keys.clear()
+        self.fetch_keys = None
         self.source.close()
 
 
@@ -143,11 +159,11 @@ class _Keys:
     def __init__(self, sources: KeySources, request: KeyRequest) -> None:
         self.sources, self.request = sources, request
         self._provided: ProvidedKeys | None = None
-        self._asked = False
+        self.asked = False
 
     def provided(self) -> ProvidedKeys | None:
-        if not self._asked:
-            self._asked = True
+        if not self.asked:
+            self.asked = True
             for provider in self.sources.providers:
                 self._provided = provider.provide(self.request)
                 if self._provided is not None:
@@ -211,20 +227,29 @@ def open_file(
     if not unwrap:
         return OpenedFile(source, header, crypto, {})
     master = sources.master_key(crypto.enc)
-    if master is None and keys.provided() is not None:
-        provided = keys.provided()
-        master = provided.master_key  # type: ignore[union-attr]
-        if master is None and provided.data_keys is not None:  # type: ignore[union-attr]
-            return OpenedFile(source, header, crypto, _checked_data_keys(crypto, provided.data_keys))  # type: ignore[union-attr]
-    if master is None:
-        raise keys.missing("master key", crypto.enc.kid)
+    if master is not None:
+        return OpenedFile(source, header, crypto, _unwrap(crypto, master))
+    if keys.asked or not sources.providers:  # what the providers can do is known already
+        return OpenedFile(source, header, crypto, _provided_data_keys(crypto, keys))
+    return OpenedFile(source, header, crypto, {}, fetch_keys=lambda: _provided_data_keys(crypto, keys))
+
+
+def _unwrap(crypto: CryptoHeader, master: MasterKey) -> dict[str, bytes]:
     if len(master.secret) != crypto.cipher.key_size:
         raise WrongKeyError(
             f"the file uses {crypto.cipher.name}, which needs a {crypto.cipher.key_size}-byte master key"
         )
     wrapped = {name: (s.wrapped_key, s.key_iv, s.key_tag) for name, s in crypto.encrypted.items()}
-    data_keys = unwrap_keys(crypto.cipher, master.secret, wrapped)
-    return OpenedFile(source, header, crypto, _checked_data_keys(crypto, data_keys))
+    return _checked_data_keys(crypto, unwrap_keys(crypto.cipher, master.secret, wrapped))
+
+
+def _provided_data_keys(crypto: CryptoHeader, keys: _Keys) -> dict[str, bytes]:
+    provided = keys.provided()
+    if provided is not None and provided.master_key is not None:
+        return _unwrap(crypto, provided.master_key)
+    if provided is not None and provided.data_keys is not None:
+        return _checked_data_keys(crypto, provided.data_keys)
+    raise keys.missing("master key", crypto.enc.kid)
 
 
 def _checked_data_keys(crypto: CryptoHeader, data_keys: Mapping[str, bytes]) -> dict[str, bytes]:
