@@ -16,6 +16,7 @@ runs ``_pycryptotensors_startup``), which calls :func:`patch_module` as each saf
 from __future__ import annotations
 
 import functools
+import os
 import struct
 import sys
 import sysconfig
@@ -29,7 +30,7 @@ from ..format.header import MAX_HEADER_SIZE, PREFIX_SIZE
 from ..reading.reader import plainly_unencrypted
 
 PTH_NAME = "pycryptotensors-transparent.pth"
-_originals: dict[tuple[str, str], Any] = {}
+PATCHED = ("safe_open", "load")
 _options: LoadOptions | None = None
 
 
@@ -67,6 +68,21 @@ def is_crypto_bytes(data: Any) -> bool:
     return _is_crypto_header(lambda offset, size: bytes(view[offset : offset + size]))
 
 
+def encryption_required(path: Any) -> bool:
+    """Whether the consumer requires encryption for this file (or for everything, for bytes): then a plain
+    file must not slip through to the original function, which would load it without a word."""
+    from ..keys.trust import Trust
+    from ..settings import Settings, load_settings
+
+    options = _options or LoadOptions()
+    settings = load_settings() if options.use_settings else Settings()
+    trust = Trust(
+        require_encryption=options.require_encryption or settings.trust.require_encryption,
+        rules=settings.trust.rules,
+    )
+    return trust.for_file(path if isinstance(path, str | os.PathLike) else None).require_encryption
+
+
 def _wrap(original: Any, replacement: Callable[..., Any]) -> Callable[..., Any]:
     wrapper = functools.wraps(original)(replacement)
     wrapper.__wrapped__ = original  # type: ignore[attr-defined]
@@ -76,7 +92,7 @@ def _wrap(original: Any, replacement: Callable[..., Any]) -> Callable[..., Any]:
 
 def _safe_open(original: Any) -> Callable[..., Any]:
     def safe_open(filename: Any, framework: str, device: Any = "cpu", **kwargs: Any) -> Any:
-        if is_crypto_file(filename):
+        if is_crypto_file(filename) or encryption_required(filename):  # ours decrypts, or refuses a plain file
             from ..reading.handle import safe_open as crypto_safe_open
 
             return crypto_safe_open(filename, framework, device=device, config=_options, backend=kwargs.get("backend"))
@@ -87,7 +103,7 @@ def _safe_open(original: Any) -> Callable[..., Any]:
 
 def _load(original: Any, framework: str) -> Callable[..., Any]:
     def load(data: bytes, *args: Any, **kwargs: Any) -> Any:
-        if is_crypto_bytes(data):
+        if is_crypto_bytes(data) or encryption_required(None):
             from .. import _frontend
 
             result = _frontend.load(data, framework, _options)
@@ -101,8 +117,7 @@ def _load(original: Any, framework: str) -> Callable[..., Any]:
 def _replace(module: ModuleType, attribute: str, make: Callable[[Any], Any]) -> None:
     current = getattr(module, attribute, None)
     if current is None or getattr(current, "__pycryptotensors__", False):
-        return
-    _originals[(module.__name__, attribute)] = current
+        return  # absent, or already a wrapper (safetensors.torch imports the package's wrapped safe_open)
     setattr(module, attribute, make(current))
 
 
@@ -132,11 +147,12 @@ def disable() -> None:
     import _pycryptotensors_startup
 
     _pycryptotensors_startup.uninstall()
-    for (module_name, attribute), original in list(_originals.items()):
-        module = sys.modules.get(module_name)
-        if module is not None:
-            setattr(module, attribute, original)
-        del _originals[(module_name, attribute)]
+    for name in _pycryptotensors_startup.TARGETS:
+        module = sys.modules.get(name)
+        for attribute in PATCHED:
+            current = getattr(module, attribute, None) if module is not None else None
+            if getattr(current, "__pycryptotensors__", False):
+                setattr(module, attribute, current.__wrapped__)  # type: ignore[union-attr]
 
 
 def is_enabled() -> bool:
