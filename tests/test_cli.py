@@ -34,6 +34,7 @@ import torch
 
 import pycryptotensors as pc
 import pycryptotensors.torch as ct_torch
+from _models import tiny_llama
 from pycryptotensors.cli.app import build_parser
 from pycryptotensors.keys.files import write_key_file
 
@@ -213,19 +214,7 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Model:
     """A tiny random Llama, saved sharded (4 shards of < 100 KB) with its index; and its logits."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("HF_HUB_OFFLINE", "1")
-        from transformers import LlamaConfig, LlamaForCausalLM
-
-        torch.manual_seed(0)
-        config = LlamaConfig(
-            hidden_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=4,
-            vocab_size=128,
-            intermediate_size=128,
-            tie_word_embeddings=False,
-        )
-        llama = LlamaForCausalLM(config).eval()
+        llama = tiny_llama()
         directory = tmp_path_factory.mktemp("llama") / "model"
         llama.save_pretrained(directory, max_shard_size="100KB")
         with torch.no_grad():

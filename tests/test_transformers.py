@@ -27,6 +27,7 @@ import pytest
 import torch
 
 import pycryptotensors as pc
+from _models import tiny_llama
 from pycryptotensors.keys.files import write_key_file
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -156,19 +157,7 @@ def llama(workdir: Path, keys: Keys) -> Llama:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("HF_HUB_OFFLINE", "1")
         patch.setenv("TRANSFORMERS_OFFLINE", "1")
-        from transformers import LlamaConfig, LlamaForCausalLM
-
-        torch.manual_seed(0)
-        config = LlamaConfig(
-            hidden_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=4,
-            vocab_size=128,
-            intermediate_size=128,
-            tie_word_embeddings=False,
-        )
-        model = LlamaForCausalLM(config).eval()
+        model = tiny_llama()
         plain = workdir / "llama"
         model.save_pretrained(plain, max_shard_size="100KB")
         with torch.no_grad():

@@ -28,6 +28,7 @@ import safetensors.numpy as st_np
 
 import pycryptotensors as pc
 import pycryptotensors.numpy as ct_np
+from _models import tiny_llama
 from pycryptotensors.errors import NotEncryptedError
 from pycryptotensors.integrations import transparent
 from pycryptotensors.integrations import vllm as ct_vllm
@@ -157,21 +158,13 @@ class World:
 def build_model(directory: Path) -> list[list[int]]:
     """A tiny random Llama saved with save_pretrained; returns transformers' greedy tokens for PROMPTS."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
 
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        hidden_size=64,
-        num_hidden_layers=2,
+    llama = tiny_llama(
         num_attention_heads=2,  # head size 32: vLLM's CPU attention has no kernel for 16
         num_key_value_heads=2,
-        intermediate_size=128,
-        vocab_size=128,
         max_position_embeddings=128,
-        tie_word_embeddings=False,
         dtype="float32",
     )
-    llama = LlamaForCausalLM(config).eval()
     llama.save_pretrained(directory)
     llama.generation_config.eos_token_id = None  # vLLM runs with ignore_eos: generate every token here too
     with torch.no_grad():
