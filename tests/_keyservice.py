@@ -12,7 +12,6 @@ import os
 import socket
 import ssl
 import subprocess
-import sys
 import time
 from contextlib import closing
 from dataclasses import dataclass
@@ -24,15 +23,8 @@ import numpy as np
 
 import pycryptotensors as pc
 import pycryptotensors.numpy as ct_np
+from _command import CLI
 from pycryptotensors.keyservice.client import AdminClient, KeyServiceProvider
-
-SCRIPT = Path(sys.executable).with_name("pycryptotensors")  # the installed console script
-CLI = (
-    [str(SCRIPT)]
-    if SCRIPT.is_file()
-    else [sys.executable, "-c", "import sys; from pycryptotensors.cli.app import main; sys.exit(main())"]
-)
-ERROR_PREFIX = "pycryptotensors: error:"
 
 
 def free_port() -> int:

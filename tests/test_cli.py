@@ -21,7 +21,6 @@ import shutil
 import stat
 import struct
 import subprocess
-import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,17 +33,11 @@ import torch
 
 import pycryptotensors as pc
 import pycryptotensors.torch as ct_torch
+from _command import CLI, ERROR_PREFIX
 from _models import tiny_llama
 from pycryptotensors.cli.app import build_parser
 from pycryptotensors.keys.files import write_key_file
 
-SCRIPT = Path(sys.executable).with_name("pycryptotensors")  # the installed console script
-CLI = (
-    [str(SCRIPT)]
-    if SCRIPT.is_file()
-    else [sys.executable, "-c", "import sys; from pycryptotensors.cli.app import main; sys.exit(main())"]
-)
-ERROR_PREFIX = "pycryptotensors: error:"
 PROGRESS = re.compile(r"\|.*(?:\?|\d)\s*[kMGT]?B/s")  # a tqdm line: 'encrypt: 100%|####| 387k/387k [.., 20.7MB/s]'
 EXPIRY_POLICY = 'package model\nallow if time.now_ns() < time.parse_rfc3339_ns("2099-01-01T00:00:00+00:00")\n'
 DENY_POLICY = "package model\nallow := false\n"

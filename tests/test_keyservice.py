@@ -35,8 +35,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import pycryptotensors as pc
 import pycryptotensors.numpy as ct_np
+from _command import ERROR_PREFIX
 from _keyservice import (
-    ERROR_PREFIX,
     Published,
     Server,
     assert_same,
