@@ -380,6 +380,29 @@ def test_plain_files_go_to_safetensors_untouched(world: World) -> None:
         assert on[key] == off[key], key
 
 
+def test_plain_files_do_not_import_the_crypto_machinery(world: World) -> None:
+    """A process that only opens plain files pays for a header sniff, not for the ciphers, keys and policy."""
+    out = run(
+        world,
+        """
+        import safetensors.numpy
+        HEAVY = ("cryptography", "regopy", "pycryptotensors.config", "pycryptotensors.reading.reader",
+                 "pycryptotensors.keys.jwk", "pycryptotensors.cipher.aead", "pycryptotensors.policy.rego")
+        with safe_open(P["plain"], framework="np") as f:
+            same(f.get_tensor("w"), EXPECTED["w"], "plain")
+        same(safetensors.numpy.load_file(P["plain"])["big"], EXPECTED["big"], "plain load_file")
+        after_plain = sorted(m for m in HEAVY if m in sys.modules)
+        with safe_open(P["encrypted"], framework="np") as f:
+            same(f.get_tensor("w"), EXPECTED["w"], "encrypted")
+        print(json.dumps({"after_plain": after_plain, "after_encrypted": sorted(m for m in HEAVY if m in sys.modules)}))
+        """,
+    )
+    assert out["after_plain"] == []
+    assert {"cryptography", "pycryptotensors.reading.reader", "pycryptotensors.policy.rego"} <= set(
+        out["after_encrypted"]
+    )
+
+
 def test_encrypted_file_without_key_fails_with_missing_key(world: World) -> None:
     script = """
     import torch

@@ -3,9 +3,17 @@
 The API mirrors safetensors: :func:`safe_open` here, and ``save_file`` / ``save`` / ``load_file`` /
 ``load`` in :mod:`pycryptotensors.numpy` and :mod:`pycryptotensors.torch`. Keys are
 :class:`MasterKey` (wraps data keys) and :class:`SigningKey` / :class:`VerifyKey` (sign and verify headers).
+
+Names are imported on first use (PEP 562): transparent mode imports this package in every process that
+imports ``safetensors``, and a process that only ever opens plain files must not pay for numpy, the ciphers
+and the key machinery.
 """
 
-from .config import LoadOptions, SaveOptions
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .errors import (
     ConfigError,
     CryptoTensorsError,
@@ -26,9 +34,41 @@ from .errors import (
     UnsupportedError,
     WrongKeyError,
 )
-from .format.crypto_header import CryptoHeader
-from .keys import KeyRing, MasterKey, SigningKey, VerifyKey, generate_master_key, generate_signing_key, parse_jwk
-from .reading.handle import safe_open
+
+if TYPE_CHECKING:
+    from .config import LoadOptions, SaveOptions
+    from .format.crypto_header import CryptoHeader
+    from .keys.jwk import MasterKey, SigningKey, VerifyKey, generate_master_key, generate_signing_key, parse_jwk
+    from .keys.keyring import KeyRing
+    from .reading.handle import safe_open
+
+_LAZY = {
+    "LoadOptions": ".config",
+    "SaveOptions": ".config",
+    "CryptoHeader": ".format.crypto_header",
+    "MasterKey": ".keys.jwk",
+    "SigningKey": ".keys.jwk",
+    "VerifyKey": ".keys.jwk",
+    "generate_master_key": ".keys.jwk",
+    "generate_signing_key": ".keys.jwk",
+    "parse_jwk": ".keys.jwk",
+    "KeyRing": ".keys.keyring",
+    "safe_open": ".reading.handle",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 __version__ = "0.1.0"
 

@@ -13,12 +13,13 @@ import tomllib
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
-from .keys.files import read_key_file
-from .keys.jwk import MasterKey, VerifyKey
 from .keys.trust import Trust, TrustRule, trust_rule
+
+if TYPE_CHECKING:
+    from .keys.jwk import VerifyKey
 
 ENV_VAR = "PYCRYPTOTENSORS_CONFIG"
 DEFAULT_DIR = Path("~/.config/pycryptotensors")
@@ -41,8 +42,14 @@ def _paths(value: Any, base: Path, what: str) -> tuple[Path, ...]:
 
 
 def _signers(value: Any, base: Path, what: str) -> tuple[VerifyKey, ...]:
+    paths = _paths(value, base, what)
+    if not paths:
+        return ()
+    from .keys.files import read_key_file  # here, not above: settings naming no signer need no cipher
+    from .keys.jwk import MasterKey, VerifyKey
+
     keys: list[VerifyKey] = []
-    for path in _paths(value, base, what):
+    for path in paths:
         for key in read_key_file(path):
             if isinstance(key, MasterKey):
                 raise ConfigError(f"settings: {what}: {path} holds a master key, not a publisher key")

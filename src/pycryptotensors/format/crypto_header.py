@@ -16,14 +16,7 @@ from typing import Any
 from ..cipher.aead import KEY_IV_SIZE, NONCE_SIZE, TAG_SIZE, Algorithm, algorithm, counter_fits
 from ..errors import FormatError, UnsupportedError
 from .header import Header, TensorEntry, loads_strict
-
-CRYPTO_KEYS = "__crypto_keys__"
-ENCRYPTION = "__encryption__"
-POLICY = "__policy__"
-SIGNATURE = "__signature__"
-EXTENSIONS = "__pycryptotensors__"
-REQUIRED_KEYS = (CRYPTO_KEYS, ENCRYPTION, POLICY, SIGNATURE)
-RESERVED_KEYS = frozenset((*REQUIRED_KEYS, EXTENSIONS))
+from .reserved import CRYPTO_KEYS, ENCRYPTION, EXTENSIONS, POLICY, REQUIRED_KEYS, RESERVED_KEYS, SIGNATURE
 
 EXTENSION_VERSION = 1
 DEFAULT_CHUNK_SIZE = 2 * 1024 * 1024  # what a version-2 header without chunk_size means

@@ -16,8 +16,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from ..errors import FormatError, SignatureError
-from .crypto_header import SIGNATURE
 from .header import Header, TensorEntry
+from .reserved import SIGNATURE
 
 
 def writer_order(entries: Iterable[TensorEntry]) -> list[TensorEntry]:

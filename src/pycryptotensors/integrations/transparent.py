@@ -23,11 +23,15 @@ import sysconfig
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..config import LoadOptions
 from ..format.header import MAX_HEADER_SIZE, PREFIX_SIZE
-from ..reading.reader import plainly_unencrypted
+from ..format.reserved import plainly_unencrypted
+from ..keys.trust import Trust
+from ..settings import Settings, load_settings, settings_path
+
+if TYPE_CHECKING:
+    from ..config import LoadOptions
 
 PTH_NAME = "pycryptotensors-transparent.pth"
 PATCHED = ("safe_open", "load")
@@ -52,15 +56,15 @@ def _is_crypto_header(prefix_and_header: Callable[[int, int], bytes]) -> bool:
 
 def is_crypto_file(filename: Any) -> bool:
     try:
-        with open(filename, "rb") as f:
-
-            def read(offset: int, size: int) -> bytes:
-                f.seek(offset)
-                return f.read(size)
-
-            return _is_crypto_header(read)
+        fd = os.open(filename, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     except (OSError, TypeError, ValueError):
         return False  # the original will raise its own error for a missing or odd file
+    try:
+        return _is_crypto_header(lambda offset, size: os.pread(fd, size, offset))
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def is_crypto_bytes(data: Any) -> bool:
@@ -71,13 +75,12 @@ def is_crypto_bytes(data: Any) -> bool:
 def encryption_required(path: Any) -> bool:
     """Whether the consumer requires encryption for this file (or for everything, for bytes): then a plain
     file must not slip through to the original function, which would load it without a word."""
-    from ..keys.trust import Trust
-    from ..settings import Settings, load_settings
-
-    options = _options or LoadOptions()
-    settings = load_settings() if options.use_settings else Settings()
+    use_settings = _options is None or _options.use_settings
+    if not (_options is not None and _options.require_encryption) and not (use_settings and settings_path()):
+        return False  # nothing can require it: the common case, decided without reading anything
+    settings = load_settings() if use_settings else Settings()
     trust = Trust(
-        require_encryption=options.require_encryption or settings.trust.require_encryption,
+        require_encryption=bool(_options and _options.require_encryption) or settings.trust.require_encryption,
         rules=settings.trust.rules,
     )
     return trust.for_file(path if isinstance(path, str | os.PathLike) else None).require_encryption

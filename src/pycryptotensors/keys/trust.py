@@ -12,9 +12,12 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import SignatureError
-from .jwk import VerifyKey
+
+if TYPE_CHECKING:
+    from .jwk import VerifyKey
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,9 @@ from typing import Any
 
 from ..config import LoadOptions, load_options
 from ..errors import CryptoTensorsError, FormatError, UnsupportedError
-from ..format.crypto_header import RESERVED_KEYS, CryptoHeader
+from ..format.crypto_header import CryptoHeader
 from ..format.header import TensorEntry
+from ..format.reserved import RESERVED_KEYS
 from .reader import OpenedFile, open_file
 from .slicing import cut, select
 from .source import BytesSource, FileSource

@@ -25,8 +25,9 @@ from ..errors import (
     SignatureError,
     WrongKeyError,
 )
-from ..format.crypto_header import RESERVED_KEYS, CryptoHeader, parse_crypto_header
+from ..format.crypto_header import CryptoHeader, parse_crypto_header
 from ..format.header import PREFIX_SIZE, Header, TensorEntry, parse_header, read_prefix
+from ..format.reserved import plainly_unencrypted
 from ..format.signing import verify_header
 from ..keys.jwk import MasterKey
 from ..keys.sources import KeyRequest, KeySources, ProvidedKeys
@@ -57,15 +58,6 @@ def read_header_view(path: str | os.PathLike[str]) -> HeaderView:
         return HeaderView(header_bytes, header, parse_crypto_header(header))
     finally:
         source.close()
-
-
-def plainly_unencrypted(header_bytes: bytes) -> bool:
-    """A cheap, conservative sniff: no reserved key can hide in a header without these bytes.
-
-    Plain files go to the ``safetensors`` package untouched (its rules, its speed); anything that might be
-    a CryptoTensors header, including one spelling keys with ``\\u`` escapes, gets our strict parser.
-    """
-    return b"\\u" not in header_bytes and not any(key.encode() in header_bytes for key in RESERVED_KEYS)
 
 
 @dataclass

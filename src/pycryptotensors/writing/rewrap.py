@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from ..cipher.aead import wrap_key
 from ..config import LoadOptions
 from ..errors import ConfigError, NotEncryptedError
-from ..format.crypto_header import CRYPTO_KEYS, ENCRYPTION, SIGNATURE, b64encode, dumps_compact
+from ..format.crypto_header import b64encode, dumps_compact
 from ..format.header import frame_header, loads_strict, serialize_header
+from ..format.reserved import CRYPTO_KEYS, ENCRYPTION, SIGNATURE
 from ..format.signing import sign_header
 from ..keys.jwk import MasterKey, SigningKey
 from ..reading.reader import OpenedFile, open_file

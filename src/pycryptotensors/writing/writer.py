@@ -18,14 +18,8 @@ from ..cipher.chunks import ChunkRange, Sink, encrypt_chunks, write_plain
 from ..config import SaveOptions
 from ..errors import ConfigError, UnsupportedError
 from ..format.crypto_header import (
-    CRYPTO_KEYS,
     DIGEST_ALGORITHMS,
-    ENCRYPTION,
     EXTENSION_VERSION,
-    EXTENSIONS,
-    POLICY,
-    RESERVED_KEYS,
-    SIGNATURE,
     SIGNATURE_SIZE,
     b64encode,
     chunk_count,
@@ -33,6 +27,7 @@ from ..format.crypto_header import (
 )
 from ..format.dtypes import DType, nbytes_of
 from ..format.header import PREFIX_SIZE, TensorEntry, frame_header, serialize_header
+from ..format.reserved import CRYPTO_KEYS, ENCRYPTION, EXTENSIONS, POLICY, RESERVED_KEYS, SIGNATURE
 from ..format.signing import sign_header
 from ..policy.rego import check_policy
 from .sinks import AtomicFile, MemorySink
