@@ -88,9 +88,15 @@ def compare(rows: list, label: str, model_class, plain: Path, encrypted: Path, r
     for case, load, before in cases:
         times = [median_time(partial(load, d), repeat, before and partial(before, d)) for d in (plain, encrypted)]
         rows.append((f"{label}: {case}", *times))
-        if before is None and load is model_class.from_pretrained:
-            floor = median_time(lambda: read_into_fresh_memory(plain), repeat)
-            rows.append((f"{label}: floor, plain + every byte read into fresh memory", times[0], times[0] + floor))
+        if case == "from_pretrained":
+            floor = median_time(partial(read_into_fresh_memory, plain), repeat)
+            rows.append(
+                (
+                    f"{label}: floor (plain from_pretrained + every byte read into fresh memory)",
+                    times[0],
+                    times[0] + floor,
+                )
+            )
 
 
 def weight_files(model_dir: Path) -> list[Path]:
@@ -132,6 +138,40 @@ def minilm() -> Path | None:
         if spec and spec.submodule_search_locations
         else None
     )
+
+
+PLAIN_SCRIPT = """
+import statistics, sys, time
+start = time.perf_counter()
+import safetensors
+imported = time.perf_counter() - start
+from transformers import LlamaForCausalLM
+times = []
+for _ in range(int(sys.argv[2])):
+    start = time.perf_counter()
+    LlamaForCausalLM.from_pretrained(sys.argv[1])
+    times.append(time.perf_counter() - start)
+print(imported, statistics.median(times))
+"""
+
+
+def plain_overhead(rows: list, model: Path, repeat: int) -> None:
+    """What transparent mode costs code that only ever loads plain files: off against on, fresh interpreters
+    of this venv (the start-up hook runs as in real use; in-process switching cannot reach names imported by
+    value)."""
+    results = []
+    for mode in ("0", "1"):
+        env = {**os.environ, "PYCRYPTOTENSORS_TRANSPARENT": mode, "TRANSFORMERS_VERBOSITY": "error"}
+        runs = [
+            subprocess.run(
+                [sys.executable, "-c", PLAIN_SCRIPT, str(model), str(repeat)], capture_output=True, text=True, env=env
+            ).stdout.split()
+            for _ in range(3)
+        ]
+        results.append([statistics.median(float(run[i]) for run in runs) for i in (0, 1)])
+    (import_off, load_off), (import_on, load_on) = results
+    rows.append(("plain files, transparent mode off vs on: `import safetensors`", import_off, import_on))
+    rows.append(("plain files, transparent mode off vs on: Llama from_pretrained", load_off, load_on))
 
 
 def vllm_start(model: Path, env: dict[str, str], repeat: int) -> float | None:
@@ -197,6 +237,7 @@ def main() -> None:
         encrypt_dir(work / "llama", work / "llama-enc", options)
         label = f"Llama ({size / 2**30:.2f} GiB float32, 4 shards)"
         compare(rows, label, LlamaForCausalLM, work / "llama", work / "llama-enc", args.repeat)
+        plain_overhead(rows, work / "llama", args.repeat)
 
         if VLLM_PYTHON.exists():
             torch.manual_seed(0)
