@@ -159,16 +159,13 @@ def plain_overhead(rows: list, model: Path, repeat: int) -> None:
     """What transparent mode costs code that only ever loads plain files: off against on, fresh interpreters
     of this venv (the start-up hook runs as in real use; in-process switching cannot reach names imported by
     value)."""
-    results = []
-    for mode in ("0", "1"):
-        env = {**os.environ, "PYCRYPTOTENSORS_TRANSPARENT": mode, "TRANSFORMERS_VERBOSITY": "error"}
-        runs = [
-            subprocess.run(
-                [sys.executable, "-c", PLAIN_SCRIPT, str(model), str(repeat)], capture_output=True, text=True, env=env
-            ).stdout.split()
-            for _ in range(3)
-        ]
-        results.append([statistics.median(float(run[i]) for run in runs) for i in (0, 1)])
+    runs: dict[str, list[list[str]]] = {"0": [], "1": []}
+    for _ in range(5):  # interleaved, so that drift on the machine hits both alike
+        for mode, out in runs.items():
+            env = {**os.environ, "PYCRYPTOTENSORS_TRANSPARENT": mode, "TRANSFORMERS_VERBOSITY": "error"}
+            script = [sys.executable, "-c", PLAIN_SCRIPT, str(model), str(repeat)]
+            out.append(subprocess.run(script, capture_output=True, text=True, env=env).stdout.split())
+    results = [[statistics.median(float(run[i]) for run in out) for i in (0, 1)] for out in runs.values()]
     (import_off, load_off), (import_on, load_on) = results
     rows.append(("plain files, transparent mode off vs on: `import safetensors`", import_off, import_on))
     rows.append(("plain files, transparent mode off vs on: Llama from_pretrained", load_off, load_on))
