@@ -59,7 +59,7 @@ from pycryptotensors.errors import (
 )
 from pycryptotensors.keys.files import read_key_file, write_key_file
 from pycryptotensors.keyservice.client import TOKEN_ENV, KeyServiceProvider
-from pycryptotensors.keyservice.protocol import Ephemeral, b64d
+from pycryptotensors.keyservice.protocol import Ephemeral, b64d, publisher_request
 
 DENY_POLICY = "package model\nallow := false\n"
 
@@ -200,6 +200,53 @@ def test_end_to_end_with_only_a_token(ks: Server, tmp_path: Path, monkeypatch: p
         for name, value in values.items():
             assert got[name] == [str(value.dtype), list(value.shape), value.tolist()]
     assert [r["decision"] for r in records_for(ks.audit(), "alice", kid)] == ["allow"] * 3
+
+
+def test_metadata_only_open_costs_no_release(ks: Server, tmp_path: Path) -> None:
+    """transformers opens a file for its metadata before it loads it: that open must not spend a grant use."""
+    published = publish(ks, tmp_path, unique("meta"))
+    principal = unique("meta-reader")
+    ks.admin_cli("grant", principal, published.kid, "--max-uses", "1")
+    provider = ks.provider(ks.token(principal))
+    with pc.safe_open(published.path, "np", config=pc.LoadOptions(providers=[provider])) as f:
+        assert sorted(f.keys()) == sorted(published.tensors)  # the header was verified: the service vouched
+        shapes = {name: f.get_slice(name).get_shape() for name in published.tensors}
+        assert shapes == {name: list(value.shape) for name, value in published.tensors.items()}
+    assert records_for(ks.audit(), principal, published.kid) == []
+    assert grant_uses(ks, principal, published.kid) == [0]
+
+    assert_same(load(published, provider), published.tensors)  # the real load: the one use the grant allows
+    assert [r["reason"] for r in records_for(ks.audit(), principal, published.kid)] == ["released"]
+    assert grant_uses(ks, principal, published.kid) == [1]
+
+
+def test_publisher_key_endpoint(ks: Server, tmp_path: Path) -> None:
+    published = publish(ks, tmp_path, unique("pubkey"))
+    principal, stranger = unique("pk"), unique("pk-no-grant")
+    token = granted(ks, published, principal)
+    header = header_bytes(published.path)
+
+    def ask(body: Any, token: str | None) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+        return httpx.post(f"{ks.url}/v1/publisher-key", json=body, headers=headers, timeout=10)
+
+    answer = ask(publisher_request(header), token)
+    assert answer.status_code == 200, answer.text
+    assert set(answer.json()) == {"kid", "publisher_key"}  # the public key only, no data key
+    assert pc.parse_jwk(answer.json()["publisher_key"]).raw == published.signer.verify_key.raw
+
+    assert ask(publisher_request(header), None).status_code == 401
+    assert ask(publisher_request(header), "ctk_unknown").json()["error"] == "unauthorized"
+    refused = ask(publisher_request(header), ks.token(stranger))
+    assert (refused.status_code, refused.json()["error"]) == (403, "no_grant")
+    assert_denied_in_audit(ks, stranger, published.kid, "no_grant")
+    tampered = header.replace(b'"shape":[4,3]', b'"shape":[3,4]')
+    assert ask(publisher_request(tampered), token).json()["error"] == "bad_signature"
+    assert_denied_in_audit(ks, principal, published.kid, "bad_signature")
+    assert ask({"version": "pycryptotensors/key-release/v1"}, token).json()["error"] == "bad_request"
+    assert_denied_in_audit(ks, principal, None, "bad_request")  # no header was read, so no key id
+    assert [r["decision"] for r in records_for(ks.audit(), principal, published.kid)] == ["deny"]  # answers unaudited
+    assert grant_uses(ks, principal, published.kid) == [0]
 
 
 def test_register_generate(ks: Server, tmp_path: Path) -> None:

@@ -60,7 +60,12 @@ class ProvidedKeys:
 
 
 class KeyProvider(Protocol):
-    """A plugin that supplies keys for a file, or None when it has nothing to say about it."""
+    """A plugin that supplies keys for a file, or None when it has nothing to say about it.
+
+    A provider may also define ``vouch(request) -> VerifyKey | None``: the publisher's key alone, which is all
+    an open needs to verify the header. Without it, an open that has no verification key of its own asks
+    ``provide``, so a file opened only for its metadata would cost a key release.
+    """
 
     def provide(self, request: KeyRequest) -> ProvidedKeys | None: ...
 

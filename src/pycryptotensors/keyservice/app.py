@@ -1,6 +1,7 @@
 """The HTTP face of the key service (Starlette, served by uvicorn). JSON in, JSON out.
 
     POST   /v1/release            client token   a file's data keys, sealed (protocol.py)
+    POST   /v1/publisher-key      client token   the public key that verifies a header (no release)
     PUT    /v1/models/{kid}       admin token    register a model: publisher key, master key (or generate)
     POST   /v1/tokens             admin token    create a client token for a principal (shown once)
     DELETE /v1/tokens/{principal} admin token    revoke every token of a principal
@@ -66,14 +67,19 @@ def build_app(service: ReleaseService) -> Starlette:
         except ValueError:
             return None
 
-    async def release(request: Request) -> JSONResponse:
-        payload = await body(request)
-        client = request.client.host if request.client else None
-        try:
-            result = await _in_thread(service.release, _bearer(request), payload, client)
-        except RefusedError as refusal:
-            return _error(refusal.status, refusal.reason, refusal.message)
-        return JSONResponse(result)
+    def client_call(decide: Any) -> Any:
+        """An endpoint for clients: the service decides (in a worker thread), refusals become error answers."""
+
+        async def endpoint(request: Request) -> JSONResponse:
+            payload = await body(request)
+            client = request.client.host if request.client else None
+            try:
+                result = await _in_thread(decide, _bearer(request), payload, client)
+            except RefusedError as refusal:
+                return _error(refusal.status, refusal.reason, refusal.message)
+            return JSONResponse(result)
+
+        return endpoint
 
     def put_model(request: Request, payload: Any) -> JSONResponse:
         kid = request.path_params["kid"]
@@ -158,7 +164,8 @@ def build_app(service: ReleaseService) -> Starlette:
 
     return Starlette(
         routes=[
-            Route("/v1/release", release, methods=["POST"]),
+            Route("/v1/release", client_call(service.release), methods=["POST"]),
+            Route("/v1/publisher-key", client_call(service.publisher_key), methods=["POST"]),
             Route("/v1/models/{kid}", admin(put_model), methods=["PUT"]),
             Route("/v1/tokens", admin(post_token), methods=["POST"]),
             Route("/v1/tokens/{principal}", admin(delete_tokens), methods=["DELETE"]),

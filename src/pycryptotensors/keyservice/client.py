@@ -21,6 +21,7 @@ import httpx
 
 from ..errors import (
     ConfigError,
+    CryptoTensorsError,
     KeyServiceDeniedError,
     KeyServiceError,
     KeyServiceNotAllowedError,
@@ -30,7 +31,7 @@ from ..errors import (
 )
 from ..keys.jwk import VerifyKey, parse_jwk
 from ..keys.sources import KeyRequest, ProvidedKeys
-from .protocol import Ephemeral, b64d
+from .protocol import Ephemeral, b64d, publisher_request
 
 TOKEN_ENV = "PYCRYPTOTENSORS_KEY_SERVICE_TOKEN"
 
@@ -91,14 +92,14 @@ class KeyServiceProvider:
     def __repr__(self) -> str:
         return f"KeyServiceProvider(allowed={sorted(self.allowed)}, token={'set' if self._token else 'none'})"
 
-    def _post(self, url: str, json_body: dict[str, Any]) -> httpx.Response:
+    def _post(self, url: str, path: str, json_body: dict[str, Any]) -> httpx.Response:
         headers = {"Authorization": f"Bearer {self._token}"}
         last: Exception | None = None
         for attempt in range(self.retries + 1):
             if attempt:
                 time.sleep(self.backoff * 2 ** (attempt - 1))
             try:
-                response = self._client().post(f"{url}/v1/release", json=json_body, headers=headers)
+                response = self._client().post(f"{url}{path}", json=json_body, headers=headers)
             except httpx.HTTPError as error:
                 last = error
                 continue
@@ -108,7 +109,8 @@ class KeyServiceProvider:
             return response
         raise KeyServiceUnreachableError(f"key service {url} unreachable after {self.retries + 1} tries: {last}")
 
-    def provide(self, request: KeyRequest) -> ProvidedKeys | None:
+    def _service_for(self, request: KeyRequest) -> str | None:
+        """The allowed key service the file names, or None when it names none (refusing any other)."""
         url = request.crypto.enc.jku
         if not url or not url.startswith(("http://", "https://")):
             return None
@@ -119,18 +121,41 @@ class KeyServiceProvider:
             )
         if not self._token:
             raise KeyServiceUnauthorizedError(f"no credential configured for key service {url} (set {TOKEN_ENV})")
+        return url
+
+    def provide(self, request: KeyRequest) -> ProvidedKeys | None:
+        url = self._service_for(request)
+        if url is None:
+            return None
         ephemeral = Ephemeral()
         evidence = self.attestation() if self.attestation is not None else None
         body = ephemeral.request(request.header_bytes, dict(request.claims), evidence).to_json()
-        response = self._post(url, body)
+        response = self._post(url, "/v1/release", body)
         if response.status_code != 200:
             raise _error_for(response, url)
         payload = ephemeral.open(b64d(response.json().get("sealed"), "sealed"), request.header_bytes)
-        publisher = parse_jwk(payload["publisher_key"])
-        if not isinstance(publisher, VerifyKey):
-            raise KeyServiceDeniedError(f"key service {url} answered with an invalid publisher key", "bad_answer")
         data_keys = {name: b64d(value, "data key") for name, value in payload["data_keys"].items()}
-        return ProvidedKeys(verify_key=publisher, data_keys=data_keys)
+        return ProvidedKeys(verify_key=_publisher(payload, url), data_keys=data_keys)
+
+    def vouch(self, request: KeyRequest) -> VerifyKey | None:
+        """The publisher's key for this header, without a release (see KeyProvider.vouch)."""
+        url = self._service_for(request)
+        if url is None:
+            return None
+        response = self._post(url, "/v1/publisher-key", publisher_request(request.header_bytes))
+        if response.status_code != 200:
+            raise _error_for(response, url)
+        return _publisher(response.json(), url)
+
+
+def _publisher(payload: Any, url: str) -> VerifyKey:
+    try:
+        key = parse_jwk(payload["publisher_key"])
+    except (KeyError, TypeError, CryptoTensorsError):
+        key = None
+    if not isinstance(key, VerifyKey):
+        raise KeyServiceDeniedError(f"key service {url} answered with an invalid publisher key", "bad_answer")
+    return key
 
 
 def from_settings() -> KeyServiceProvider | _Disabled:

@@ -5,6 +5,9 @@ a fresh nonce and an ephemeral X25519 public key. The service answers with the d
 ephemeral key with HPKE (RFC 9180, base mode: X25519, HKDF-SHA256, AES-256-GCM, from ``cryptography``). The
 HPKE ``info`` binds the answer to this header, this ephemeral key and this nonce, so a sealed answer opens
 only for the request that asked for it: replayed to another client (another ephemeral key) it fails.
+
+A client that only needs to verify a header (to read a file's metadata, as transformers does before it loads)
+asks for the publisher's public key instead: no data key leaves the service and no grant use is spent.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from ..errors import FormatError, IntegrityError
 
 VERSION = "pycryptotensors/key-release/v1"
+PUBLISHER_VERSION = "pycryptotensors/publisher-key/v1"
 SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
 NONCE_SIZE = 16
 
@@ -82,6 +86,17 @@ class ReleaseRequest:
         if len(ephemeral) != 32 or len(nonce) != NONCE_SIZE:
             raise FormatError("ephemeral_key must be 32 bytes and nonce 16")
         return cls(b64d(body.get("header"), "header"), ephemeral, nonce, claims, attestation)
+
+
+def publisher_request(header_bytes: bytes) -> dict[str, Any]:
+    """A request for the public key that verifies this header (no data keys)."""
+    return {"version": PUBLISHER_VERSION, "header": b64e(header_bytes)}
+
+
+def publisher_request_header(body: Any) -> bytes:
+    if not isinstance(body, dict) or body.get("version") != PUBLISHER_VERSION:
+        raise FormatError(f"not a {PUBLISHER_VERSION} request")
+    return b64d(body.get("header"), "header")
 
 
 class Ephemeral:

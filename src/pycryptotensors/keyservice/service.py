@@ -5,6 +5,7 @@ authenticate the client token -> validate the header -> find the registered mode
 header signature against the publisher key registered for it (never one the client sends) -> find a usable
 grant -> verify attestation evidence, if any -> evaluate the file's ``remote`` policy -> count the grant use
 (atomically) -> unwrap the data keys and seal them to the client's ephemeral key. The master key never leaves.
+A publisher-key request runs the steps up to the grant check and answers with the registered public key.
 """
 
 from __future__ import annotations
@@ -17,13 +18,13 @@ from typing import Any
 
 from ..cipher.aead import unwrap_keys
 from ..errors import CryptoTensorsError, FormatError, SignatureError, WrongKeyError
-from ..format.crypto_header import parse_crypto_header
+from ..format.crypto_header import CryptoHeader, parse_crypto_header
 from ..format.header import PREFIX_SIZE, parse_header
 from ..format.signing import verify_header
 from ..policy.rego import evaluate_policy
 from .attestation import AttestationError, AttestationVerifier
-from .protocol import ReleaseRequest, b64e, header_digest, seal
-from .store import AuditRecord, Grant, Store
+from .protocol import ReleaseRequest, b64e, header_digest, publisher_request_header, seal
+from .store import AuditRecord, Grant, Model, Store
 
 HTTP_STATUS = {"unauthorized": 401, "bad_request": 400, "server_error": 500}
 
@@ -65,27 +66,54 @@ class ReleaseService:
         )
 
     def release(self, token: str | None, body: Any, client: str | None = None) -> dict[str, Any]:
+        """The data keys of a file, sealed to the client's ephemeral key; every decision is audited."""
         ctx = Context(client)
+        result = self._decided(ctx, lambda: self._release(token, body, ctx))
+        self._audit(ctx, "allow", "released")
+        return result
+
+    def publisher_key(self, token: str | None, body: Any, client: str | None = None) -> dict[str, Any]:
+        """The registered publisher key that verifies a header, for a client holding a usable grant for it.
+
+        Public, and no grant use is spent: a consumer that opens a file only to read its metadata costs no
+        release. Refusals are audited; answers are not (they hand out nothing secret)."""
+        ctx = Context(client)
+
+        def answer() -> dict[str, Any]:
+            principal = self._principal(token, ctx)
+            try:
+                header_bytes = publisher_request_header(body)
+            except CryptoTensorsError as error:
+                raise RefusedError("bad_request", f"invalid request: {error}") from None
+            model, _ = self._registered(header_bytes, ctx)
+            self._usable_grant(principal, model.kid, self.clock())
+            return {"kid": model.kid, "publisher_key": model.publisher.to_jwk()}
+
+        return self._decided(ctx, answer)
+
+    def _decided(self, ctx: Context, decide: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """Run a decision; a refusal (or a failure, which is refused with no detail) is audited and raised."""
         try:
-            result = self._release(token, body, ctx)
+            return decide()
         except RefusedError as refusal:
             self._audit(ctx, "deny", f"{refusal.reason}: {refusal.message}")
             raise
         except Exception as error:  # a bug or a back-end failure: still audited, and no detail to the client
             self._audit(ctx, "deny", f"server_error: {type(error).__name__}")
             raise RefusedError("server_error", "internal error") from error
-        self._audit(ctx, "allow", "released")
-        return result
 
-    def _release(self, token: str | None, body: Any, ctx: Context) -> dict[str, Any]:
+    def _principal(self, token: str | None, ctx: Context) -> str:
         principal = self.store.principal_for(token) if token else None
         if principal is None:
             raise RefusedError("unauthorized", "no valid client token (missing, unknown or revoked)")
         ctx.principal = principal
+        return principal
+
+    def _registered(self, header_bytes: bytes, ctx: Context) -> tuple[Model, CryptoHeader]:
+        """The registered model whose publisher signed this header (never a key the client sends)."""
+        ctx.header_sha256 = header_digest(header_bytes)
         try:
-            request = ReleaseRequest.from_json(body)
-            ctx.header_sha256 = header_digest(request.header_bytes)
-            header = parse_header(request.header_bytes, PREFIX_SIZE + len(request.header_bytes), None)
+            header = parse_header(header_bytes, PREFIX_SIZE + len(header_bytes), None)
             crypto = parse_crypto_header(header)
         except CryptoTensorsError as error:
             raise RefusedError("bad_request", f"invalid request or header: {error}") from None
@@ -102,6 +130,15 @@ class ReleaseService:
             raise RefusedError(
                 "bad_signature", "the header does not verify under the registered publisher key"
             ) from None
+        return model, crypto
+
+    def _release(self, token: str | None, body: Any, ctx: Context) -> dict[str, Any]:
+        principal = self._principal(token, ctx)
+        try:
+            request = ReleaseRequest.from_json(body)
+        except CryptoTensorsError as error:
+            raise RefusedError("bad_request", f"invalid request or header: {error}") from None
+        model, crypto = self._registered(request.header_bytes, ctx)
 
         now = self.clock()
         grant = self._usable_grant(principal, model.kid, now)

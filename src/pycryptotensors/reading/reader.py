@@ -29,7 +29,7 @@ from ..format.crypto_header import CryptoHeader, parse_crypto_header
 from ..format.header import PREFIX_SIZE, Header, TensorEntry, parse_header, read_prefix
 from ..format.reserved import plainly_unencrypted
 from ..format.signing import verify_header
-from ..keys.jwk import MasterKey
+from ..keys.jwk import MasterKey, VerifyKey
 from ..keys.sources import KeyRequest, KeySources, ProvidedKeys
 from ..policy.rego import evaluate_policy, local_input
 from .source import ByteSource, BytesSource, FileSource
@@ -162,6 +162,15 @@ class _Keys:
                     break
         return self._provided
 
+    def vouched(self) -> VerifyKey | None:
+        """The publisher's key from a provider: one that can vouch without releasing keys is asked first."""
+        for provider in self.sources.providers:
+            vouch = getattr(provider, "vouch", None)
+            if vouch is not None and (key := vouch(self.request)) is not None:
+                return key
+        provided = self.provided()
+        return provided.verify_key if provided is not None else None
+
     def missing(self, what: str, slot_kid: str | None) -> MissingKeyError:
         named = f" with kid {slot_kid!r}" if slot_kid else ""
         return MissingKeyError(
@@ -200,8 +209,7 @@ def open_file(
 
     keys = _Keys(sources, KeyRequest(source.path, header_bytes, crypto, options.policy_input))
     candidates = sources.verify_keys(crypto.sign, trust)
-    if not candidates and keys.provided() is not None and keys.provided().verify_key is not None:  # type: ignore[union-attr]
-        vouched = keys.provided().verify_key  # type: ignore[union-attr]
+    if not candidates and (vouched := keys.vouched()) is not None:
         trust.check_signer(vouched)  # a key service vouches for the publisher; pins still apply
         candidates = [vouched]
     if not candidates:
