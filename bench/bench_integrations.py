@@ -90,13 +90,8 @@ def compare(rows: list, label: str, model_class, plain: Path, encrypted: Path, r
         rows.append((f"{label}: {case}", *times))
         if case == "from_pretrained":
             floor = median_time(partial(read_into_fresh_memory, plain), repeat)
-            rows.append(
-                (
-                    f"{label}: floor (plain from_pretrained + every byte read into fresh memory)",
-                    times[0],
-                    times[0] + floor,
-                )
-            )
+            name = f"{label}: floor (plain from_pretrained + every byte read into fresh memory)"
+            rows.append((name, times[0], times[0] + floor))
 
 
 def weight_files(model_dir: Path) -> list[Path]:
@@ -117,14 +112,14 @@ def read_into_fresh_memory(model_dir: Path) -> None:
     """The floor: every byte of the files read into new memory, 16 MiB at a time on two threads."""
     span = 16 << 20
 
-    def read(path: Path) -> None:
-        buffer = np.empty(path.stat().st_size, dtype=np.uint8)
-        with open(path, "rb", buffering=0) as f:
-            jobs = [(i, min(len(buffer), i + span)) for i in range(0, len(buffer), span)]
-            list(POOL.map(lambda ab, f=f: os.preadv(f.fileno(), [memoryview(buffer)[ab[0] : ab[1]]], ab[0]), jobs))
-
     for path in weight_files(model_dir):
-        read(path)
+        buffer = memoryview(np.empty(path.stat().st_size, dtype=np.uint8))
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            starts = range(0, len(buffer), span)
+            list(POOL.map(lambda at, fd=fd, buffer=buffer: os.preadv(fd, [buffer[at : at + span]], at), starts))
+        finally:
+            os.close(fd)
 
 
 def encrypt_dir(src: Path, dst: Path, options: SaveOptions) -> None:
