@@ -135,3 +135,20 @@ def test_readme_quick_start(tmp_path, monkeypatch):
     exec(compile(code, "README.md", "exec"), namespace)
     assert np.array_equal(namespace["rows"], np.ones((2, 4), np.float32))
     assert set(namespace["tensors"]) == {"w", "norm"}
+
+
+@pytest.mark.parametrize("package", ["pycryptotensors", "pycryptotensors.keys"])
+def test_public_names_import(package):
+    """The packages load their names on first use; every exported name still imports, by attribute and by
+    ``from ... import``, and is listed by dir()."""
+    import importlib
+
+    module = importlib.import_module(package)
+    for name in module.__all__:
+        assert getattr(module, name) is not None, name
+        assert name in dir(module), name
+    with pytest.raises(AttributeError):
+        module.no_such_name  # noqa: B018
+    from pycryptotensors.keys import MasterKey, parse_jwk
+
+    assert MasterKey is pc.MasterKey and parse_jwk is pc.parse_jwk

@@ -58,6 +58,7 @@ from pycryptotensors.errors import (
     RemotePolicyDeniedError,
 )
 from pycryptotensors.keys.files import read_key_file, write_key_file
+from pycryptotensors.keys.sources import ProvidedKeys
 from pycryptotensors.keyservice.client import TOKEN_ENV, KeyServiceProvider
 from pycryptotensors.keyservice.protocol import Ephemeral, b64d, publisher_request
 
@@ -501,6 +502,47 @@ def test_service_outside_the_allow_list_is_never_contacted(
     with pytest.raises(KeyServiceNotAllowedError):
         ct_np.load_file(published.path)
     assert ks.audit() == before  # the service received nothing
+
+
+def test_providers_are_asked_in_order(ks: Server, tmp_path: Path) -> None:
+    """A provider listed first answers first, even when a later one could vouch: the key service client here,
+    which would refuse the file (its service is not in this client's allow-list), is never asked."""
+    published = publish(ks, tmp_path, unique("order"))
+
+    class Local:
+        def provide(self, request: Any) -> ProvidedKeys:
+            return ProvidedKeys(verify_key=published.signer.verify_key, master_key=published.master)
+
+    refusing = KeyServiceProvider([], "ctk_unused")
+    in_order = pc.LoadOptions(providers=[Local(), refusing])
+    assert_same(ct_np.load_file(published.path, config=in_order), published.tensors)
+    with pytest.raises(KeyServiceNotAllowedError):
+        ct_np.load_file(published.path, config=pc.LoadOptions(providers=[refusing, Local()]))
+
+
+def test_a_release_that_failed_is_asked_again(ks: Server, tmp_path: Path) -> None:
+    """The release waits for the first encrypted read; if the service cannot be reached then, the caller
+    sees that error (not a missing key), and the next read asks again."""
+    published = publish(ks, tmp_path, unique("retry"))
+    real = ks.provider(granted(ks, published, unique("retrier")))
+
+    class OnceUnreachable:
+        failures = 1
+
+        def vouch(self, request: Any) -> Any:
+            return real.vouch(request)
+
+        def provide(self, request: Any) -> Any:
+            if self.failures:
+                self.failures -= 1
+                raise KeyServiceUnreachableError("key service unreachable (simulated)")
+            return real.provide(request)
+
+    name = next(iter(published.tensors))
+    with pc.safe_open(published.path, "np", config=pc.LoadOptions(providers=[OnceUnreachable()])) as f:
+        with pytest.raises(KeyServiceUnreachableError):
+            f.get_tensor(name)
+        assert_same({name: f.get_tensor(name)}, {name: published.tensors[name]})
 
 
 class _FlakyHandler(http.server.BaseHTTPRequestHandler):

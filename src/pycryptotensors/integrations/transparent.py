@@ -59,8 +59,16 @@ def is_crypto_file(filename: Any) -> bool:
         fd = os.open(filename, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     except (OSError, TypeError, ValueError):
         return False  # the original will raise its own error for a missing or odd file
+
+    def read(offset: int, size: int) -> bytes:  # whole, or up to the end: a short read must not hide a key
+        parts = []
+        while size and (part := os.pread(fd, size, offset)):
+            parts.append(part)
+            offset, size = offset + len(part), size - len(part)
+        return b"".join(parts)
+
     try:
-        return _is_crypto_header(lambda offset, size: os.pread(fd, size, offset))
+        return _is_crypto_header(read)
     except OSError:
         return False
     finally:
@@ -75,14 +83,12 @@ def is_crypto_bytes(data: Any) -> bool:
 def encryption_required(path: Any) -> bool:
     """Whether the consumer requires encryption for this file (or for everything, for bytes): then a plain
     file must not slip through to the original function, which would load it without a word."""
+    required = _options is not None and _options.require_encryption
     use_settings = _options is None or _options.use_settings
-    if not (_options is not None and _options.require_encryption) and not (use_settings and settings_path()):
+    if not required and not (use_settings and settings_path()):
         return False  # nothing can require it: the common case, decided without reading anything
     settings = load_settings() if use_settings else Settings()
-    trust = Trust(
-        require_encryption=bool(_options and _options.require_encryption) or settings.trust.require_encryption,
-        rules=settings.trust.rules,
-    )
+    trust = Trust(require_encryption=required or settings.trust.require_encryption, rules=settings.trust.rules)
     return trust.for_file(path if isinstance(path, str | os.PathLike) else None).require_encryption
 
 

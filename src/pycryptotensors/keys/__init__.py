@@ -3,4 +3,36 @@ on load (the identity's side); a *signing key* signs a header and its public hal
 converts keys to and from JSON Web Keys; ``keyring`` finds the key a file asks for among those the caller
 configured.
 
-Nothing is imported here: ``trust`` and ``files`` stay light for transparent mode's plain-file path."""
+The names below load on first use, so that ``trust`` and ``files`` stay light for transparent mode's
+plain-file path (which must not import the ciphers).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_names
+
+if TYPE_CHECKING:
+    from .jwk import MasterKey, SigningKey, VerifyKey, generate_master_key, generate_signing_key, parse_jwk
+    from .keyring import KeyRing
+
+__all__ = [
+    "KeyRing",
+    "MasterKey",
+    "SigningKey",
+    "VerifyKey",
+    "generate_master_key",
+    "generate_signing_key",
+    "parse_jwk",
+]
+_LAZY = {
+    "KeyRing": ".keyring",
+    "MasterKey": ".jwk",
+    "SigningKey": ".jwk",
+    "VerifyKey": ".jwk",
+    "generate_master_key": ".jwk",
+    "generate_signing_key": ".jwk",
+    "parse_jwk": ".jwk",
+}
+__getattr__, __dir__ = lazy_names(__name__, _LAZY)

@@ -145,7 +145,11 @@ class KeyServiceProvider:
         response = self._post(url, "/v1/publisher-key", publisher_request(request.header_bytes))
         if response.status_code != 200:
             raise _error_for(response, url)
-        return _publisher(response.json(), url)
+        try:
+            payload = response.json()
+        except ValueError:
+            payload = None
+        return _publisher(payload, url)
 
 
 def _publisher(payload: Any, url: str) -> VerifyKey:

@@ -146,30 +146,40 @@ def _span_bytes(chunks: ChunkRange) -> int:
 
 
 class _Keys:
-    """The keys one open needs, asking the (possibly remote) providers at most once and only if needed."""
+    """The keys one open needs, from the (possibly remote) providers: asked in order, each at most once for
+    keys, and only if needed. A provider that fails (a service unreachable) is asked again next time."""
 
     def __init__(self, sources: KeySources, request: KeyRequest) -> None:
         self.sources, self.request = sources, request
+        self._pending = list(sources.providers)  # not yet asked for keys, in order
         self._provided: ProvidedKeys | None = None
         self.asked = False
 
     def provided(self) -> ProvidedKeys | None:
-        if not self.asked:
-            self.asked = True
-            for provider in self.sources.providers:
-                self._provided = provider.provide(self.request)
-                if self._provided is not None:
-                    break
+        """The first answer of the providers not yet asked."""
+        while not self.asked:
+            if not self._pending:
+                self.asked = True
+                break
+            answer = self._pending[0].provide(self.request)  # may raise: then this provider stays pending
+            self._pending.pop(0)
+            if answer is not None:
+                self._provided, self.asked = answer, True
         return self._provided
 
     def vouched(self) -> VerifyKey | None:
-        """The publisher's key from a provider: one that can vouch without releasing keys is asked first."""
-        for provider in self.sources.providers:
-            vouch = getattr(provider, "vouch", None)
-            if vouch is not None and (key := vouch(self.request)) is not None:
+        """The publisher's key, walking the providers in order. One that can vouch is asked for that key
+        alone, and for its keys only at the first encrypted read; one that cannot is asked for everything."""
+        while self._pending:
+            vouch = getattr(self._pending[0], "vouch", None)
+            if vouch is None:
+                provided = self.provided()
+                return provided.verify_key if provided is not None else None
+            key = vouch(self.request)
+            if key is not None:
                 return key
-        provided = self.provided()
-        return provided.verify_key if provided is not None else None
+            self._pending.pop(0)  # it has nothing to say about this file
+        return None
 
     def missing(self, what: str, slot_kid: str | None) -> MissingKeyError:
         named = f" with kid {slot_kid!r}" if slot_kid else ""
