@@ -159,7 +159,10 @@ def plain_overhead(rows: list, model: Path, repeat: int) -> None:
         for mode, out in runs.items():
             env = {**os.environ, "PYCRYPTOTENSORS_TRANSPARENT": mode, "TRANSFORMERS_VERBOSITY": "error"}
             script = [sys.executable, "-c", PLAIN_SCRIPT, str(model), str(repeat)]
-            out.append(subprocess.run(script, capture_output=True, text=True, env=env).stdout.split())
+            run = subprocess.run(script, capture_output=True, text=True, env=env)
+            if run.returncode != 0:
+                raise RuntimeError(f"plain-file run failed: {run.stderr.strip().splitlines()[-1:]}")
+            out.append(run.stdout.split())
     results = [[statistics.median(float(run[i]) for run in out) for i in (0, 1)] for out in runs.values()]
     (import_off, load_off), (import_on, load_on) = results
     rows.append(("plain files, transparent mode off vs on: `import safetensors`", import_off, import_on))
@@ -227,7 +230,7 @@ def main() -> None:
         model.save_pretrained(work / "llama", max_shard_size="300MB")
         del model
         encrypt_dir(work / "llama", work / "llama-enc", options)
-        label = f"Llama ({size / 2**30:.2f} GiB float32, 4 shards)"
+        label = f"Llama ({size / 2**30:.2f} GiB float32, {len(weight_files(work / 'llama'))} shards)"
         compare(rows, label, LlamaForCausalLM, work / "llama", work / "llama-enc", args.repeat)
         plain_overhead(rows, work / "llama", args.repeat)
 
