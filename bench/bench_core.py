@@ -86,17 +86,44 @@ def save_child(kind: str, path: str, size: int, config_json: str) -> None:
     print(json.dumps({"seconds": elapsed, "extra_mib": extra}))
 
 
-def run_save(kind: str, path: str, size: int, config: dict, repeat: int) -> tuple[float, float]:
+def load_child(kind: str, path: str, size: int) -> None:
+    """Run in a child: load a file once; report the time and the peak RSS beyond the loaded tensors."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    baseline = _status_kib("VmRSS")
+    start = time.perf_counter()
+    if kind == "plain":
+        import safetensors.numpy
+
+        loaded = safetensors.numpy.load_file(path)
+    elif kind == "ours":
+        loaded = ours_np.load_file(path)
+    else:
+        import cryptotensors.numpy
+
+        loaded = cryptotensors.numpy.load_file(path)
+    elapsed = time.perf_counter() - start
+    extra = (_status_kib("VmHWM") - baseline) / 1024 - size / MiB
+    assert sum(v.nbytes for v in loaded.values()) == size
+    print(json.dumps({"seconds": elapsed, "extra_mib": extra}))
+
+
+def run_child(mode: str, kind: str, path: str, size: int, repeat: int, *extra: str) -> tuple[float, float]:
+    """Median time and largest extra peak memory of ``repeat`` fresh child processes."""
     runs = []
     for _ in range(repeat):
         out = subprocess.run(
-            [sys.executable, __file__, "--child-save", kind, path, str(size), json.dumps(config)],
+            [sys.executable, __file__, mode, kind, path, str(size), *extra],
             check=True,
             capture_output=True,
             text=True,
         )
         runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
     return statistics.median(r["seconds"] for r in runs), max(r["extra_mib"] for r in runs)
+
+
+def run_save(kind: str, path: str, size: int, config: dict, repeat: int) -> tuple[float, float]:
+    return run_child("--child-save", kind, path, size, repeat, json.dumps(config))
 
 
 def have_reference() -> bool:
@@ -113,10 +140,15 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--dir", default=None, help="where to write the benchmark files")
     parser.add_argument("--child-save", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--child-load", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_save:
         kind, path, size, config_json = args.child_save
         save_child(kind, path, int(size), config_json)
+        return
+    if args.child_load:
+        kind, path, size = args.child_load
+        load_child(kind, path, int(size))
         return
 
     import safetensors
@@ -147,6 +179,45 @@ def main() -> None:
         o = median_time(lambda: ours_np.load_file(ours), args.repeat)
         r = median_time(lambda: cryptotensors.numpy.load_file(ref), args.repeat) if reference else None
         rows.append((f"{label}, numpy", p, o, r, f"{o / p:.2f}x"))
+
+        # Version 1 (one AEAD per tensor) next to version 2 (chunked): time, and peak memory beyond the loaded
+        # tensors, each load in a fresh child. Version 1 streams AES-GCM through a small buffer (cryptography
+        # 51 refuses the in-place decryption older releases allowed); the bar is at most one tensor's size.
+        ours_v1, ref_v1 = os.path.join(tmp, "ours-v1.ct"), os.path.join(tmp, "ref-v1.ct")
+        tensors = model(size, 16)
+        ours_np.save_file(tensors, ours_v1, config={**config, "version": "1"})
+        if reference:
+            cryptotensors.numpy.save_file(tensors, ref_v1, config={**config, "version": "1"})
+        del tensors
+        p = median_time(lambda: safetensors.numpy.load_file(plain), args.repeat)
+        o = median_time(lambda: ours_np.load_file(ours_v1), args.repeat)
+        r = median_time(lambda: cryptotensors.numpy.load_file(ref_v1), args.repeat) if reference else None
+        rows.append((f"{label}, numpy, version 1", p, o, r, f"{o / p:.2f}x"))
+        child_repeat = max(1, min(args.repeat, 3))
+        memory = {
+            name: run_child("--child-load", kind, path, size, child_repeat)[1]
+            for name, kind, path in [("plain", "plain", plain), ("v2", "ours", ours), ("v1", "ours", ours_v1)]
+            + ([("ref_v1", "reference", ref_v1)] if reference else [])
+        }
+        tensor_mib = size / MiB / 16
+        rows.append(
+            (
+                "  extra peak memory beyond the tensors (MiB): version 2",
+                memory["plain"],
+                memory["v2"],
+                None,
+                f"bar: {tensor_mib:.0f} MiB (one tensor)",
+            )
+        )
+        rows.append(
+            (
+                "  extra peak memory beyond the tensors (MiB): version 1",
+                memory["plain"],
+                memory["v1"],
+                memory.get("ref_v1"),
+                f"bar: {tensor_mib:.0f} MiB (one tensor)",
+            )
+        )
 
         # Torch: safetensors maps the file and hands out zero-copy views, so the plain figure depends on what
         # "loaded" means. Both readings are shown, with every tensor summed so the values are really read:

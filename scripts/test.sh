@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
-# Runs every test: sets up the virtual environments (the main one, transformers 4.57, vLLM for CPU), checks
-# style with ruff, then runs pytest. The extra environments are reused when already up to date.
+# Runs every test: sets up the virtual environments (the main one with the newest releases, one with the lowest
+# versions pyproject.toml allows, transformers 4.57, vLLM for CPU), checks style with ruff, then runs pytest in
+# the main environment and again in the lowest one. The extra environments are reused when already up to date.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup-venv.sh
+bash scripts/setup-lowest-venv.sh
 bash scripts/setup-tf457-venv.sh
 bash scripts/setup-vllm-venv.sh
 VENV=${VENV:-.venv}
 "$VENV/bin/ruff" check src tests bench scripts setup.py
+LOWEST=${VENV_LOWEST:-.venv-lowest}
+echo "== tests on the newest releases ($VENV)"
 "$VENV/bin/python" -m pytest -q "$@"
+# The vLLM tests run in their own venv (.venv-vllm) whichever python starts them: once, above, is enough.
+echo "== tests on the lowest versions pyproject.toml allows ($LOWEST)"
+"$LOWEST/bin/python" -m pytest -q --ignore=tests/test_vllm.py "$@"

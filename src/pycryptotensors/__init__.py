@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from ._lazy import lazy_names
 from .errors import (
+    CipherError,
     ConfigError,
     CryptoTensorsError,
     FormatError,
@@ -26,6 +27,7 @@ from .errors import (
     KeyServiceNotAllowedError,
     KeyServiceUnauthorizedError,
     KeyServiceUnreachableError,
+    ManifestError,
     MissingKeyError,
     NotEncryptedError,
     PolicyDeniedError,
@@ -62,6 +64,7 @@ __getattr__, __dir__ = lazy_names(__name__, _LAZY)
 __version__ = "0.1.0"
 
 __all__ = [
+    "CipherError",
     "ConfigError",
     "CryptoHeader",
     "CryptoTensorsError",
@@ -76,6 +79,7 @@ __all__ = [
     "KeyServiceUnreachableError",
     "KeyRing",
     "LoadOptions",
+    "ManifestError",
     "MasterKey",
     "MissingKeyError",
     "NotEncryptedError",

@@ -40,6 +40,12 @@ class NotEncryptedError(IntegrityError):
     """The caller required an encrypted, signed file and got a plain one (stripped crypto metadata?)."""
 
 
+class ManifestError(IntegrityError):
+    """A model folder does not match its signed manifest (``model.sig``): a file missing, added or changed, a
+    shard from another release, an index entry leaving the folder; or it has no manifest where the consumer's
+    trust settings require one (docs/SECURITY.md, "Whole models")."""
+
+
 class KeyAccessError(CryptoTensorsError):
     """Base class of the key problems: a key is missing, wrong, or malformed."""
 
@@ -103,11 +109,20 @@ class RemotePolicyDeniedError(KeyServiceDeniedError, PolicyDeniedError):
     reason = "policy_denied"
 
 
+class CipherError(CryptoTensorsError):
+    """The ``cryptography`` library refused an operation for a reason other than a failed tag.
+
+    Not a verdict on the file: an installed ``cryptography`` release that behaves differently, or an
+    environment it does not support. The message names the operation and the library's reason.
+    """
+
+
 class ConfigError(CryptoTensorsError, ValueError):
     """The caller's configuration is invalid (unknown option, conflicting settings, bad value)."""
 
 
 __all__ = [
+    "CipherError",
     "ConfigError",
     "CryptoTensorsError",
     "FormatError",
@@ -119,6 +134,7 @@ __all__ = [
     "KeyServiceNotAllowedError",
     "KeyServiceUnauthorizedError",
     "KeyServiceUnreachableError",
+    "ManifestError",
     "MissingKeyError",
     "NotEncryptedError",
     "PolicyDeniedError",

@@ -5,7 +5,9 @@ buffers), so a small thread pool runs at memory speed. Work is handed out in spa
 keep per-task overhead negligible; each thread reuses one scratch buffer of a chunk plus a tag.
 
 Authentication failures wipe the destination before raising: ``decrypt_into`` writes plaintext before it
-checks the tag, and unauthenticated bytes must never reach a caller.
+checks the tag, and unauthenticated bytes must never reach a caller. No AEAD call ever has overlapping input
+and output (``cryptography`` 51 refuses them), and whatever the library raises leaves as one of our errors
+(:func:`~.aead.cipher_errors`).
 """
 
 from __future__ import annotations
@@ -20,12 +22,13 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
-from cryptography.exceptions import InvalidTag
 
 from ..errors import IntegrityError
-from .aead import TAG_SIZE, Algorithm, chunk_nonce
+from .aead import TAG_SIZE, Algorithm, chunk_nonce, cipher_errors
 
 SPAN_BYTES = 16 * 1024 * 1024
+STREAM_PIECE = 1024 * 1024  # version 1, AES-GCM: ciphertext passes through a cache-hot buffer of this size
+_GCM_SLACK = 15  # ``update_into`` wants room for a block beyond the input, although GCM writes none
 DIGEST_SIZE = 32  # SHA-256
 _WORKERS = max(1, min(8, os.cpu_count() or 1))
 _pool: ThreadPoolExecutor | None = None
@@ -124,12 +127,8 @@ def decrypt_chunks(
             cipher.decrypt_into(chunk_nonce(base_iv, index), scratch[: size + TAG_SIZE], None, view[dst : dst + size])
 
     try:
-        _run_spans(chunks, task)
-    except InvalidTag:
-        out.fill(0)
-        raise IntegrityError(
-            "an encrypted chunk failed authentication: the file was modified (or its data key is wrong)"
-        ) from None
+        with cipher_errors("an encrypted chunk"):
+            _run_spans(chunks, task)
     except BaseException:
         out.fill(0)
         raise
@@ -138,17 +137,54 @@ def decrypt_chunks(
 def decrypt_whole(
     source: Source, origin: int, nbytes: int, alg: Algorithm, data_key: bytes, iv: bytes, tag: bytes
 ) -> np.ndarray:
-    """Version 1: one AEAD call over the whole tensor, decrypted in place. Returns a uint8 array."""
-    buf = np.empty(nbytes + TAG_SIZE, dtype=np.uint8)
-    view = memoryview(buf)
-    source.readinto(origin, view[:nbytes])
-    view[nbytes:] = tag
+    """Version 1: one AEAD over the whole tensor. Returns a uint8 array of ``nbytes``.
+
+    AES-GCM streams: ciphertext pieces pass through a small scratch buffer straight into the output and the
+    tag is checked at the end, so a tensor costs its own size and no more, at the speed the old in-place
+    decryption had. ChaCha20-Poly1305 has no incremental interface in ``cryptography``, so its ciphertext
+    takes one buffer of the tensor's size beside the output while it is decrypted.
+    """
+    out = np.empty(nbytes + _GCM_SLACK, dtype=np.uint8)
+    view = memoryview(out)
     try:
-        alg.new(data_key).decrypt_into(iv, view, None, view[:nbytes])
-    except InvalidTag:
-        buf.fill(0)
-        raise IntegrityError("an encrypted tensor failed authentication: the file was modified") from None
-    return buf[:nbytes]
+        with cipher_errors("an encrypted tensor"):
+            if alg.streams:
+                decryptor = alg.decryptor(data_key, iv, tag)
+                scratch = _scratch_buffer(min(STREAM_PIECE, nbytes))
+                for lo in range(0, nbytes, STREAM_PIECE):
+                    size = min(STREAM_PIECE, nbytes - lo)
+                    source.readinto(origin + lo, scratch[:size])
+                    decryptor.update_into(scratch[:size], view[lo : lo + size + _GCM_SLACK])
+                decryptor.finalize()
+            else:
+                sealed = np.empty(nbytes + TAG_SIZE, dtype=np.uint8)
+                source.readinto(origin, memoryview(sealed)[:nbytes])
+                sealed[nbytes:] = np.frombuffer(tag, dtype=np.uint8)
+                alg.new(data_key).decrypt_into(iv, memoryview(sealed), None, view[:nbytes])
+    except BaseException:
+        out.fill(0)
+        raise
+    return out[:nbytes]
+
+
+def encrypt_whole(sink: Sink, origin: int, alg: Algorithm, data_key: bytes, iv: bytes, data: memoryview) -> bytes:
+    """Version 1: encrypt a whole tensor to ``sink`` at ``origin``; returns its tag.
+
+    AES-GCM streams through a scratch buffer (constant memory); ChaCha20-Poly1305 needs one sealed copy.
+    """
+    with cipher_errors("encrypting a tensor"):
+        if not alg.streams:
+            sealed = alg.new(data_key).encrypt(iv, data, None)
+            sink.writeat(origin, memoryview(sealed)[: len(data)])
+            return sealed[len(data) :]
+        encryptor = alg.encryptor(data_key, iv)
+        scratch = _scratch_buffer(min(STREAM_PIECE, len(data)) + _GCM_SLACK)
+        for lo in range(0, len(data), STREAM_PIECE):
+            piece = data[lo : lo + STREAM_PIECE]
+            written = encryptor.update_into(piece, scratch)
+            sink.writeat(origin + lo, scratch[:written])
+        encryptor.finalize()
+        return encryptor.tag
 
 
 def read_plain(source: Source, chunks: ChunkRange, out: np.ndarray, digests: bytes | None) -> None:
@@ -193,7 +229,8 @@ def encrypt_chunks(
             sink.writeat(chunks.origin + lo, scratch[:size])
             tags[index] = bytes(scratch[size : size + TAG_SIZE])
 
-    _run_spans(chunks, task)
+    with cipher_errors("encrypting a chunk"):
+        _run_spans(chunks, task)
     return tags
 
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ..cipher import aead
-from ..cipher.chunks import ChunkRange, Sink, encrypt_chunks, write_plain
+from ..cipher.chunks import ChunkRange, Sink, encrypt_chunks, encrypt_whole, write_plain
 from ..config import SaveOptions
 from ..errors import ConfigError, UnsupportedError
 from ..format.crypto_header import (
@@ -161,9 +161,7 @@ def _write(
         elif options.version == "2":
             item.tags = encrypt_chunks(sink, chunks, alg, item.data_key, item.iv, item.data)
         elif e.nbytes:
-            sealed = alg.new(item.data_key).encrypt(item.iv, item.data, None)
-            sink.writeat(chunks.origin, memoryview(sealed)[: e.nbytes])
-            item.tags = [sealed[e.nbytes :]]
+            item.tags = [encrypt_whole(sink, chunks.origin, alg, item.data_key, item.iv, item.data)]
         if progress is not None:
             progress(e.nbytes)
 
