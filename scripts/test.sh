@@ -9,7 +9,7 @@ bash scripts/setup-lowest-venv.sh
 bash scripts/setup-tf457-venv.sh
 bash scripts/setup-vllm-venv.sh
 VENV=${VENV:-.venv}
-"$VENV/bin/ruff" check src tests bench scripts setup.py
+"$VENV/bin/ruff" check src tests bench scripts testdata setup.py
 LOWEST=${VENV_LOWEST:-.venv-lowest}
 echo "== tests on the newest releases ($VENV)"
 "$VENV/bin/python" -m pytest -q "$@"
