@@ -11,8 +11,11 @@ bash scripts/setup-vllm-venv.sh
 VENV=${VENV:-.venv}
 "$VENV/bin/ruff" check src tests bench scripts testdata setup.py
 LOWEST=${VENV_LOWEST:-.venv-lowest}
+# Hypothesis draws from a seed printed here, so a failure in CI can be replayed with HYPOTHESIS_SEED=...
+SEED=${HYPOTHESIS_SEED:-$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')}
+echo "hypothesis seed: $SEED (replay with HYPOTHESIS_SEED=$SEED bash scripts/test.sh)"
 echo "== tests on the newest releases ($VENV)"
-"$VENV/bin/python" -m pytest -q "$@"
+"$VENV/bin/python" -m pytest -q --hypothesis-seed="$SEED" "$@"
 # The vLLM tests run in their own venv (.venv-vllm) whichever python starts them: once, above, is enough.
 echo "== tests on the lowest versions pyproject.toml allows ($LOWEST)"
-"$LOWEST/bin/python" -m pytest -q --ignore=tests/test_vllm.py "$@"
+"$LOWEST/bin/python" -m pytest -q --hypothesis-seed="$SEED" --ignore=tests/test_vllm.py "$@"
