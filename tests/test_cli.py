@@ -356,9 +356,10 @@ def test_encrypt_model_directory(model: Model, keys: Keys, encrypted: Encrypted)
     out = encrypted.directory
     assert "encrypted 4 file(s)" in encrypted.result.stdout
     assert PROGRESS.search(encrypted.result.stderr), encrypted.result.stderr  # progress bar with throughput
-    # the same files; everything but the shards is copied byte for byte (the index stays valid)
+    # the same files plus the signed manifest; everything but the shards is copied byte for byte (the index
+    # stays valid)
     names = sorted(p.name for p in model.directory.iterdir())
-    assert sorted(p.name for p in out.iterdir()) == names
+    assert sorted(p.name for p in out.iterdir()) == sorted([*names, "model.sig"])
     for name in names:
         if not name.endswith(".safetensors"):
             assert (out / name).read_bytes() == (model.directory / name).read_bytes(), name
@@ -387,9 +388,12 @@ def test_encrypt_rerun_over_existing_output_quiet_and_json(
     out = tmp_path / "enc"
     shutil.copytree(encrypted.directory, out)
     key_args = ["--master-key", keys.master, "--signing-key", keys.signer]
-    quiet = ok("encrypt", model.directory, out, *key_args, "--quiet")
+    before = snapshot(out)  # an existing output is replaced only with --force (issue 9)
+    assert "--force" in fails(1, "encrypt", model.directory, out, *key_args, "--quiet")
+    assert snapshot(out) == before
+    quiet = ok("encrypt", model.directory, out, *key_args, "--quiet", "--force")
     assert quiet.stderr == "" and "encrypted 4 file(s)" in quiet.stdout
-    as_json = ok("encrypt", model.directory, out, *key_args, "--encrypt", "*proj*", "--json")
+    as_json = ok("encrypt", model.directory, out, *key_args, "--encrypt", "*proj*", "--json", "--force")
     assert as_json.stderr == ""
     report = json_out(as_json)
     assert [Path(f["target"]).name for f in report["files"]] == [p.name for p in shards(model.directory)]
@@ -731,13 +735,16 @@ def test_policy_test_and_explain(model: Model, keys: Keys, encrypted: Encrypted,
     assert cli("policy", "test", team, "--claims", '{"team": "sales"}').returncode == 6
     assert cli("policy", "test", team).returncode == 6
 
-    # explain a file's own policy, with no key
-    report = json_out(ok("policy", "explain", shards(encrypted.directory)[0], "--json"))
+    # explain a file's own policy: verified first (no master key needed), or --unverified, said on every line
+    report = json_out(ok("policy", "explain", shards(encrypted.directory)[0], "--trust", keys.signer_pub, "--json"))
     assert report["allowed"] is True and "time" in report["input"]
+    fails(5, "policy", "explain", shards(encrypted.directory)[0])  # no publisher key: nothing is evaluated
+    result = ok("policy", "explain", shards(encrypted.directory)[0], "--unverified")
+    assert all(line.startswith("UNVERIFIED") for line in result.stdout.splitlines())
     denied = tmp_path / "denied.safetensors"
     ok("encrypt", shards(model.directory)[0], denied, "--master-key", keys.master, "--signing-key", keys.signer,
        "--policy", deny, "--quiet")  # fmt: skip
-    result = cli("policy", "explain", denied)
+    result = cli("policy", "explain", denied, "--trust", keys.signer_pub)
     assert result.returncode == 6 and result.stdout.startswith("denied")
     assert "no policy" in ok("policy", "explain", shards(model.directory)[0]).stdout
 
@@ -757,7 +764,8 @@ def test_policy_test_and_explain(model: Model, keys: Keys, encrypted: Encrypted,
 
 
 def test_interrupted_directory_run_is_completed_by_a_rerun(model: Model, keys: Keys, tmp_path: Path) -> None:
-    """A run that fails on its third shard leaves the finished shards and no temporary file; a rerun completes."""
+    """A run that fails on its third shard leaves nothing (issue 9: not even the finished shards, nor a
+    temporary file); a rerun completes."""
     src = tmp_path / "model"
     shutil.copytree(model.directory, src)
     third = shards(src)[2]
@@ -767,11 +775,10 @@ def test_interrupted_directory_run_is_completed_by_a_rerun(model: Model, keys: K
     out = tmp_path / "enc"
     key_args = ["--master-key", keys.master, "--signing-key", keys.signer]
     fails(3, "encrypt", src, out, *key_args, "--quiet")
-    assert [p.name for p in shards(out)] == [p.name for p in shards(src)[:2]]
-    assert not tmp_leftovers(out)
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temporary folder
     third.write_bytes(good)
     ok("encrypt", src, out, *key_args, "--quiet")
-    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in model.directory.iterdir())
+    assert sorted(p.name for p in out.iterdir()) == sorted([*(p.name for p in model.directory.iterdir()), "model.sig"])
     assert not tmp_leftovers(out)
     ok("verify", out, "--deep", *trust(keys))
     plain = tmp_path / "plain"

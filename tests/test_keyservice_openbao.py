@@ -359,7 +359,9 @@ def test_release_through_the_service(bao: str, tmp_path: Path) -> None:
     header = data[8 : 8 + int.from_bytes(data[:8], "little")]
 
     ephemeral = Ephemeral()
-    answer = service.release(token, ephemeral.request(header, {}, None).to_json(), "127.0.0.1")
+    alice = service.authenticate(token, "127.0.0.1", "release")  # the HTTP layer does this before reading a body
+    assert alice == "alice"
+    answer = service.release(alice, ephemeral.request(header, {}, None).to_json(), "127.0.0.1")
     payload = ephemeral.open(b64d(answer["sealed"], "sealed"), header)
     assert answer["kid"] == payload["kid"] == kid
     assert set(payload["data_keys"]) == {"w", "b"}
@@ -367,11 +369,11 @@ def test_release_through_the_service(bao: str, tmp_path: Path) -> None:
     assert payload["publisher_key"] == published.signer.verify_key.to_jwk()
 
     with pytest.raises(RefusedError) as refused:  # the grant allowed one release
-        service.release(token, Ephemeral().request(header, {}, None).to_json(), "127.0.0.1")
+        service.release(alice, Ephemeral().request(header, {}, None).to_json(), "127.0.0.1")
     assert refused.value.reason == "grant_exhausted"
     assert store.revoke_tokens("alice") == 1
     with pytest.raises(RefusedError, match="no valid client token"):
-        service.release(token, Ephemeral().request(header, {}, None).to_json())
+        service.authenticate(token, None, "release")
     log = store.audit_log(10)
     assert [(r.decision, r.reason.split(":")[0]) for r in log] == [
         ("allow", "released"),
@@ -435,7 +437,156 @@ def test_serve_with_the_openbao_backend_survives_a_restart(bao: str, tmp_path: P
         for name, array in load().items():
             np.testing.assert_array_equal(array, published.tensors[name])
         admin = AdminClient(url, (state / "admin.token").read_text().strip())
-        assert [r["decision"] for r in admin.audit(10)] == ["allow", "allow"]
+        records = admin.audit(10)
+        assert [r["decision"] for r in records if r["action"] == "release"] == ["allow", "allow"]
+        admin_actions = [r["action"] for r in records if r["action"] != "release"]
+        assert admin_actions == ["register", "token.create", "grant.create"]
+        assert {r["actor"] for r in records if r["action"] != "release"} == {"admin"}
         admin.close()
+    finally:
+        stop(server)
+
+
+# -- the hardened interface, on both back ends ------------------------------------------------------------------
+
+
+def test_named_admins(store: Store) -> None:
+    store.set_admin("adm_a1", "alice")
+    store.set_admin("adm_a2", "alice")
+    store.set_admin("adm_c1", "carol")
+    assert [store.check_admin(t) for t in ("adm_a1", "adm_a2", "adm_c1", "adm_x")] == ["alice", "alice", "carol", None]
+    assert store.revoke_admin("alice") == 2
+    assert store.revoke_admin("alice") == 0
+    assert [store.check_admin(t) for t in ("adm_a1", "adm_a2", "adm_c1")] == [None, None, "carol"]
+    listed = store.list_admins()
+    assert sorted((a.name, a.revoked is not None) for a in listed) == [
+        ("alice", True), ("alice", True), ("carol", False),
+    ]  # fmt: skip
+    assert all("adm_" not in a.id for a in listed)
+
+
+def test_token_ids_listing_and_odd_names(store: Store) -> None:
+    from pycryptotensors.keyservice.store import token_id
+
+    tokens = {name: store.add_token(name) for name in ("alice", "team/alice", "..", "a b")}
+    listed = store.list_tokens()
+    assert sorted(t.principal for t in listed) == sorted(tokens)
+    assert {t.id for t in listed} == {token_id(t) for t in tokens.values()}
+    assert all(t not in repr(listed) for t in tokens.values())
+    assert store.revoke_token(token_id(tokens["team/alice"])) == "team/alice"
+    assert store.revoke_token(token_id(tokens["team/alice"])) is None  # already revoked
+    assert store.revoke_token("0123456789abcdef") is None and store.revoke_token("../x") is None
+    assert store.revoke_tokens("..") == 1 and store.revoke_tokens("a b") == 1
+    assert [store.principal_for(t) for t in tokens.values()] == ["alice", None, None, None]
+
+
+def test_grant_lookup_and_listing(store: Store) -> None:
+    first = store.add_grant("alice", "k1", None, 3)
+    second = store.add_grant("bob", "k2", 2_000_000_000.0, None)
+    assert store.get_grant(first.id) == first and store.get_grant("0123456789abcdef") is None
+    assert store.get_grant("../x") is None
+    assert sorted(g.id for g in store.list_grants()) == sorted([first.id, second.id])
+
+
+def test_models_listing(store: Store) -> None:
+    for kid in ("b", "a", "odd/../kid"):
+        store.put_model(a_model(kid, f"model-{kid}"))
+    listed = store.list_models()
+    assert [(m.kid, m.model_id) for m in listed] == [
+        ("a", "model-a"),
+        ("b", "model-b"),
+        ("odd/../kid", "model-odd/../kid"),
+    ]
+
+
+def test_audit_aggregation_and_filters(store: Store) -> None:
+    early = AuditRecord(100.0, None, None, None, None, "deny", "unauthorized: no token", "10.0.0.1", "release")
+    for i in range(50):  # a flood from one source: one row that counts
+        store.audit(AuditRecord(100.0 + i, *list(early.__dict__.values())[1:]), aggregate="w1|10.0.0.1|release")
+    store.audit(AuditRecord(200.0, "alice", "k1", "m", None, "allow", "released", "10.0.0.2", "release", "alice"))
+    store.audit(AuditRecord(300.0, None, "k2", None, None, "allow", "grant g created", None, "grant.create", "admin",
+                            "alice"))  # fmt: skip
+    rows = store.audit_log(100)
+    assert [(r.reason.split(":")[0], r.count) for r in rows] == [
+        ("unauthorized", 50),
+        ("released", 1),
+        ("grant g created", 1),
+    ]
+    assert rows[0].time == 149.0  # the time of the last failure counted
+    assert [r.action for r in store.audit_log(100, principal="alice")] == ["release", "grant.create"]
+    assert [r.action for r in store.audit_log(100, kid="k2")] == ["grant.create"]
+    assert [r.action for r in store.audit_log(100, since=250.0)] == ["grant.create"]
+    assert store.audit_log(100, principal="nobody") == []
+
+
+def test_serve_on_openbao_hardened(bao: str, tmp_path: Path) -> None:
+    """The store-bound fixes through ``pycryptotensors serve --backend openbao``: odd principal names revocable,
+    admin tokens rotated, revoked and replaced by deleting the file, failures before authentication counted on
+    one row, listings, and no enumeration of key ids."""
+    import httpx
+
+    from pycryptotensors.errors import KeyServiceUnauthorizedError
+    from pycryptotensors.keyservice.admin import AdminClient
+    from pycryptotensors.keyservice.protocol import publisher_request
+
+    port, state, prefix = free_port(), tmp_path / "state", f"hard-{uuid.uuid4().hex[:8]}"
+    url = f"http://127.0.0.1:{port}"
+    published = publish(tmp_path, url)
+    kid = published.master.kid
+    assert kid is not None
+    server = start_serve(bao, state, prefix, port)
+    try:
+        first = (state / "admin.token").read_text().strip()
+        with AdminClient(url, first) as admin:
+            admin.register_model(kid, published.signer.verify_key, published.master)
+            odd = OpenBaoStore(bao, ROOT, prefix=prefix).add_token("team/alice")  # as an older version allowed
+            assert admin.revoke_tokens("team/alice") == 1
+            carol = admin.create_admin("carol")["token"]
+            prober = admin.create_token("prober")
+            assert [m["kid"] for m in admin.models()] == [kid]
+        assert httpx.post(f"{url}/v1/release", json={}, headers={"Authorization": f"Bearer {odd}"}).status_code == 401
+        with AdminClient(url, carol) as as_carol:
+            rotated = as_carol.rotate_admin()["token"]
+        with pytest.raises(KeyServiceUnauthorizedError), AdminClient(url, carol) as stale:
+            stale.models()
+        # no enumeration: a registered and an unknown key id get the same answer
+        (tmp_path / "other").mkdir()
+        unknown = publish(tmp_path / "other", url)
+        assert unknown.path != published.path and unknown.master.kid != kid
+        answers = []
+        for item in (published, unknown):
+            data = item.path.read_bytes()
+            header = data[8 : 8 + int.from_bytes(data[:8], "little")]
+            response = httpx.post(f"{url}/v1/publisher-key", json=publisher_request(header),
+                                  headers={"Authorization": f"Bearer {prober}"})  # fmt: skip
+            answers.append((response.status_code, response.text.replace(str(item.master.kid), "KID")))
+        assert answers[0] == answers[1] and answers[0][0] == 403
+        for _ in range(5):
+            httpx.get(f"{url}/v1/models", headers={"Authorization": "Bearer adm_wrong"})
+    finally:
+        stop(server)
+
+    (state / "admin.token").unlink()
+    server = start_serve(bao, state, prefix, port)
+    try:
+        new = (state / "admin.token").read_text().strip()
+        assert new != first
+        with pytest.raises(KeyServiceUnauthorizedError), AdminClient(url, first) as old:
+            old.models()
+        with AdminClient(url, rotated) as as_carol:  # other admins are not touched
+            records = as_carol.audit(1000)
+        actions = [(r["actor"], r["action"], r["target"]) for r in records if r["decision"] == "allow"]
+        assert actions == [
+            ("admin", "register", kid),
+            ("admin", "token.revoke", "team/alice"),
+            ("admin", "admin.create", "carol"),
+            ("admin", "token.create", "prober"),
+            ("carol", "admin.rotate", "carol"),
+        ]
+        flood = [r for r in records if r["action"] == "models.list" and r["reason"].startswith("unauthorized")]
+        # 5 wrong tokens, carol's stale one and the deleted bootstrap one: counted on one row a minute
+        assert sum(r["count"] for r in flood) == 5 + 2 and len(flood) <= 2
+        for secret in (first, carol, rotated, new, odd, prober):
+            assert secret not in str(records)
     finally:
         stop(server)

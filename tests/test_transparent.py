@@ -103,7 +103,12 @@ def settings_file(path: Path, key_dir: Path | None) -> Path:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> World:
-    root = tmp_path_factory.mktemp("transparent")
+    return make_world(tmp_path_factory.mktemp("transparent"))
+
+
+def make_world(root: Path) -> World:
+    """Keys, an encrypted file, its plain twin, a tampered copy and the settings files (shared with
+    tests/test_transparent_entrypoints.py)."""
     master, signer = pc.generate_master_key(kid="enc-1"), pc.generate_signing_key(kid="publisher")
     keys, wrong = root / "keys", root / "wrong-keys"
     keys.mkdir()
@@ -154,15 +159,16 @@ def environment(settings: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def run(world: World, script: str, settings: Path | None = None, **extra: str) -> Any:
-    """Run PRELUDE + script in a fresh interpreter of this venv; the script prints one JSON document last."""
+def run(world: World, script: str, settings: Path | None = None, *, python: str = sys.executable, **extra: str) -> Any:
+    """Run PRELUDE + script in a fresh interpreter (of this venv unless ``python`` names another one); the
+    script prints one JSON document last."""
     result = subprocess.run(
-        [sys.executable, "-c", PRELUDE + textwrap.dedent(script), world.argv()],
+        [python, "-c", PRELUDE + textwrap.dedent(script), world.argv()],
         capture_output=True,
         text=True,
         env=environment(settings or world.settings, **extra),
         cwd=world.root,
-        timeout=120,
+        timeout=300,
     )
     assert result.returncode == 0, f"script failed:\n{result.stderr}"
     lines = result.stdout.strip().splitlines()

@@ -1,15 +1,18 @@
 """Options for saving and loading, and the translation from the reference's ``config`` dictionary.
 
-``config`` may be the reference's dict unchanged (``enc_key``, ``sign_key``, ``tensors``, ``chunk_size``,
-``version``, ``policy``) or the typed objects below. Unknown options are refused rather than ignored: a typo
+``config`` may be the reference's dict unchanged (``enc_key``, ``sign_key``, ``enc_kid``, ``sign_kid``,
+``enc_jku``, ``tensors``, ``chunk_size``, ``version``, ``policy``; JWK fields under its aliases ``key`` /
+``public`` / ``private``), its ``SerializeCryptoConfig`` / ``DeserializeCryptoConfig`` objects, or the typed
+objects below. Unknown options are refused rather than ignored: a typo
 in a security setting must not silently fall back to a default.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .cipher.aead import COUNTER_LIMIT
@@ -21,7 +24,24 @@ from .keys.sources import KeyProvider, KeySources, installed_providers
 from .keys.trust import Trust
 from .settings import Settings, load_settings
 
-_SAVE_OPTIONS = {"enc_key", "sign_key", "tensors", "chunk_size", "version", "policy", "integrity", "key_service"}
+_SAVE_OPTIONS = {
+    "enc_key",
+    "sign_key",
+    "tensors",
+    "chunk_size",
+    "version",
+    "policy",
+    "integrity",
+    "key_service",
+    "enc_kid",  # the reference's: the master key's kid (written in the header; picks a CRYPTOTENSOR_KEYS key)
+    "sign_kid",  # the same for the signing key
+    "enc_jku",  # the reference's name for key_service: the URL written as the master key's jku
+}
+# The reference's JWK field aliases (its serde names): key = k, public = x, private = d.
+_JWK_ALIASES = {"key": "k", "public": "x", "private": "d"}
+_REFERENCE_CONFIGS = ("SerializeCryptoConfig", "DeserializeCryptoConfig")
+# Device names as safetensors accepts them (plus ``cpu:N``, which torch accepts); ints mean ``cuda:N``.
+_DEVICE = re.compile(r"(cpu|cuda|mps|npu|xpu|xla|mlu|musa|hpu|meta)(?::(\d+))?")
 _LOAD_OPTIONS = {
     "enc_key",
     "sign_key",
@@ -98,6 +118,77 @@ class LoadOptions:
         )
         return sources, trust
 
+    def fail_closed(self) -> None:
+        """Raise :class:`ConfigError` when the settings file in use is broken; called for encrypted files only,
+        so a typo in it never stops plain files from loading (it warns instead: settings.py)."""
+        if self.use_settings:
+            load_settings().check()
+
+
+def device_name(device: Any) -> str:
+    """One spelling for a device, used by every entry point and for plain and encrypted files alike.
+
+    ``0`` and ``"cuda:0"`` are ``"cuda:0"``, a ``torch.device`` is its string, ``"cpu:0"`` is ``"cpu"``;
+    anything else raises :class:`ConfigError` before a file is opened (safetensors raises its own error or
+    torch's ``RuntimeError`` depending on the file, which is what this removes).
+    """
+    if isinstance(device, bool):
+        raise ConfigError(f"invalid device {device!r}: use 'cpu', 'cuda:N' or a device index")
+    if isinstance(device, int):
+        if device < 0:
+            raise ConfigError(f"invalid device {device!r}: a device index is 0 or more")
+        return f"cuda:{device}"
+    if not isinstance(device, str) and type(device).__name__ == "device" and hasattr(device, "type"):
+        device = str(device)  # torch.device, without importing torch
+    if not isinstance(device, str) or (match := _DEVICE.fullmatch(device.strip())) is None:
+        raise ConfigError(f"invalid device {device!r}: use 'cpu', 'cuda', 'cuda:N', 'mps', 'xpu:N', ... or an index")
+    kind, index = match.groups()
+    return kind if kind == "cpu" or index is None else f"{kind}:{int(index)}"
+
+
+def reference_config(config: Any) -> Any:
+    """The reference's ``SerializeCryptoConfig`` / ``DeserializeCryptoConfig`` as its plain dict.
+
+    Recognised by name and shape (``to_dict``), so the reference need not be installed."""
+    if type(config).__name__ in _REFERENCE_CONFIGS and callable(getattr(config, "to_dict", None)):
+        return dict(config.to_dict())
+    return config
+
+
+def jwk_fields(key: Any) -> Any:
+    """A JWK with the reference's field aliases (``key``, ``public``, ``private``) renamed to ``k``, ``x``, ``d``."""
+    if not isinstance(key, Mapping) or not set(key) & set(_JWK_ALIASES):
+        return key
+    jwk = dict(key)
+    for alias, name in _JWK_ALIASES.items():
+        if alias in jwk:
+            value = jwk.pop(alias)
+            if name in jwk and jwk[name] != value:
+                raise ConfigError(f"JWK has both {name!r} and its alias {alias!r}, with different values")
+            jwk[name] = value
+    return jwk
+
+
+def _with_kid(key: Any, kid: Any, option: str) -> Any:
+    """``key`` carrying the kid named by ``enc_kid`` / ``sign_kid`` (a key's own, different kid is a conflict)."""
+    if kid is None:
+        return key
+    if not isinstance(kid, str) or not kid:
+        raise ConfigError(f"{option} must be a non-empty string")
+    if key.kid is not None and key.kid != kid:
+        raise ConfigError(f"{option}={kid!r} conflicts with the key's own kid {key.kid!r}")
+    return replace(key, kid=kid)
+
+
+def _pick(keys: Sequence[Any], kid: Any, what: str, hint: str) -> Any:
+    """The one key of CRYPTOTENSOR_KEYS to save with: the only one, or the one ``kid`` names."""
+    if kid is not None:
+        keys = [k for k in keys if k.kid == kid]
+    if len(keys) != 1:
+        named = f" with kid {kid!r}" if kid is not None else ""
+        raise MissingKeyError(f"saving needs one {what}{named}: {hint}")
+    return keys[0]
+
 
 def _check_options(config: Mapping[str, Any], allowed: set[str], what: str) -> None:
     unknown = set(config) - allowed
@@ -107,21 +198,24 @@ def _check_options(config: Mapping[str, Any], allowed: set[str], what: str) -> N
 
 def save_options(config: SaveOptions | Mapping[str, Any] | None) -> SaveOptions:
     """Options for a save; keys missing from ``config`` come from ``CRYPTOTENSOR_KEYS``."""
+    config = reference_config(config)
     if isinstance(config, SaveOptions):
         return config
     config = dict(config or {})
     _check_options(config, _SAVE_OPTIONS, "save")
+    if "enc_jku" in config and "key_service" in config and config["enc_jku"] != config["key_service"]:
+        raise ConfigError("enc_jku and key_service name the same thing; give one of them")
     env = KeyRing.from_env()
-    master = parse_jwk(config["enc_key"]) if "enc_key" in config else None
-    signer = parse_jwk(config["sign_key"]) if "sign_key" in config else None
+    master = parse_jwk(jwk_fields(config["enc_key"])) if "enc_key" in config else None
+    signer = parse_jwk(jwk_fields(config["sign_key"])) if "sign_key" in config else None
     if master is None:
-        if len(env.master_keys) != 1:
-            raise MissingKeyError("saving needs one master key: pass config={'enc_key': ...} or set CRYPTOTENSOR_KEYS")
-        master = env.master_keys[0]
+        hint = "pass config={'enc_key': ...} or set CRYPTOTENSOR_KEYS"
+        master = _pick(env.master_keys, config.get("enc_kid"), "master key", hint)
     if signer is None:
-        if len(env.signing_keys) != 1:
-            raise MissingKeyError("saving needs one private signing key: config={'sign_key': ...}")
-        signer = env.signing_keys[0]
+        hint = "pass config={'sign_key': ...} or set CRYPTOTENSOR_KEYS"
+        signer = _pick(env.signing_keys, config.get("sign_kid"), "private signing key", hint)
+    master = _with_kid(master, config.get("enc_kid"), "enc_kid")
+    signer = _with_kid(signer, config.get("sign_kid"), "sign_kid")
     if not isinstance(master, MasterKey):
         raise ConfigError("enc_key must be a symmetric (oct) key")
     if not isinstance(signer, SigningKey):
@@ -141,12 +235,13 @@ def save_options(config: SaveOptions | Mapping[str, Any] | None) -> SaveOptions:
         policy_local=policy.get("local", DEFAULT_POLICY),
         policy_remote=policy.get("remote", DEFAULT_POLICY),
         integrity=bool(config.get("integrity", True)),
-        key_service=config.get("key_service"),
+        key_service=config.get("key_service", config.get("enc_jku")),
     )
 
 
 def load_options(config: LoadOptions | KeyRing | Mapping[str, Any] | None) -> LoadOptions:
     """Options for a load from the reference's dict (plus our keys), a KeyRing, or LoadOptions."""
+    config = reference_config(config)
     if isinstance(config, LoadOptions):
         return config
     if isinstance(config, KeyRing):
@@ -156,10 +251,10 @@ def load_options(config: LoadOptions | KeyRing | Mapping[str, Any] | None) -> Lo
     ring = KeyRing()
     for option in ("enc_key", "sign_key"):
         if option in config:
-            ring.add(config[option])
+            ring.add(jwk_fields(config[option]))
     for key in config.get("keys", ()):
-        ring.add(key)
-    signers = [parse_jwk(k) for k in config.get("trusted_signers", ())]
+        ring.add(jwk_fields(key))
+    signers = [parse_jwk(jwk_fields(k)) for k in config.get("trusted_signers", ())]
     pinned = [k.verify_key if isinstance(k, SigningKey) else k for k in signers]
     if not all(isinstance(k, VerifyKey) for k in pinned):
         raise ConfigError("trusted_signers must be Ed25519 public keys")

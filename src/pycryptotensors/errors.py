@@ -121,10 +121,40 @@ class ConfigError(CryptoTensorsError, ValueError):
     """The caller's configuration is invalid (unknown option, conflicting settings, bad value)."""
 
 
+class RemoteSourceError(CryptoTensorsError):
+    """A remote file (``s3://``, ``gs://``, ``az://``, ``hf://``, ``https://``) could not be read: unreachable
+    after the retries, access refused, not found, a server that ignores range requests, or the remote extra
+    not installed. The message names the URL without credentials or query string. (An object replaced while
+    it is read is an :class:`IntegrityError`.)"""
+
+
+# Last, because importing safetensors runs transparent mode's hook, which imports the classes above.
+from safetensors import SafetensorError  # noqa: E402
+
+
+class TensorNotFoundError(CryptoTensorsError, SafetensorError, KeyError):
+    """The file has no tensor of that name. Also a ``safetensors.SafetensorError`` (what safetensors raises
+    for plain files, so one ``except`` serves both) and a ``KeyError`` (what a dict lookup raises)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class SharedTensorsError(UnsupportedError, RuntimeError):
+    """Tensors given to ``save`` share memory; raised where (and as) ``safetensors.torch`` raises its
+    ``RuntimeError``. Save each tensor once (``clone()`` the others)."""
+
+
+class DeviceError(ConfigError, RuntimeError):
+    """The device asked for is not available here (e.g. ``cuda:0`` without a GPU); the same for plain and
+    encrypted files. A ``RuntimeError`` too, like torch's own refusal."""
+
+
 __all__ = [
     "CipherError",
     "ConfigError",
     "CryptoTensorsError",
+    "DeviceError",
     "FormatError",
     "IntegrityError",
     "KeyAccessError",
@@ -138,8 +168,11 @@ __all__ = [
     "MissingKeyError",
     "NotEncryptedError",
     "PolicyDeniedError",
+    "RemoteSourceError",
     "RemotePolicyDeniedError",
+    "SharedTensorsError",
     "SignatureError",
+    "TensorNotFoundError",
     "UnsupportedError",
     "WrongKeyError",
 ]

@@ -17,7 +17,6 @@ from . import _frontend
 from .config import LoadOptions, SaveOptions
 from .errors import UnsupportedError
 from .format.dtypes import DTYPES, DType
-from .reading.handle import plain_errors, unwrapped
 from .writing.writer import TensorData
 
 _NUMPY_TYPES: dict[str, Any] = {
@@ -97,7 +96,7 @@ def save(
 
 
 def load_file(
-    filename: str | os.PathLike[str], device: str = "cpu", config: LoadOptions | Mapping[str, Any] | None = None
+    filename: str | os.PathLike[str], device: Any = "cpu", config: LoadOptions | Mapping[str, Any] | None = None
 ) -> dict[str, np.ndarray]:
     """Every tensor of a CryptoTensors or plain safetensors file."""
     return _frontend.load_file(filename, "np", device, config)
@@ -105,10 +104,4 @@ def load_file(
 
 def load(data: bytes, config: LoadOptions | Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
     """Every tensor of a file held in memory; raises on any failure, never returns unauthenticated bytes."""
-    result = _frontend.load(data, "np", config)
-    if result is None:
-        import safetensors.numpy
-
-        with plain_errors():
-            return unwrapped(safetensors.numpy.load)(bytes(data))
-    return result
+    return _frontend.load_or_plain(data, "np", config)

@@ -4,12 +4,19 @@ Read from the file named by ``PYCRYPTOTENSORS_CONFIG``, else ``~/.config/pycrypt
 it exists. Code that passes its own options still gets these as defaults, so a deployment configures trust
 once for every program on the machine (including ones that load models with no code change). Format and
 examples: docs/KEYS.md.
+
+A broken file (not TOML, an unknown key such as ``trusted_signer``, a bad value) must not stop *plain* models
+from loading everywhere on the machine, nor may it weaken the checks of encrypted ones: the valid part is
+kept, one warning names the file, the problem and the nearest valid key, and :attr:`Settings.problem` makes
+every encrypted load fail closed with :class:`ConfigError` (``reading/reader.py``).
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
+import warnings
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -33,6 +40,16 @@ class Settings:
     trust: Trust = field(default_factory=Trust)
     raw: dict[str, Any] = field(default_factory=dict)  # sections for plugins (e.g. key_service)
     base: Path = field(default_factory=Path.cwd)  # relative paths in the file are relative to its directory
+    problem: str | None = None  # why the file is broken: plain loads go on, encrypted loads refuse
+
+    def check(self) -> None:
+        """Raise :class:`ConfigError` when the settings file is broken (encrypted loads fail closed)."""
+        if self.problem is not None:
+            raise ConfigError(self.problem)
+
+
+class SettingsWarning(UserWarning):
+    """The settings file is broken: plain files still load, encrypted files do not until it is fixed."""
 
 
 def _paths(value: Any, base: Path, what: str) -> tuple[Path, ...]:
@@ -65,10 +82,18 @@ def _flag(value: Any, what: str, default: bool) -> bool:
     return value
 
 
+def _unknown_keys(unknown: set[str]) -> str:
+    hints = []
+    for key in sorted(unknown):
+        near = difflib.get_close_matches(key, sorted(_TOP_LEVEL), n=1)
+        hints.append(f"{key!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
+    return f"unknown keys {', '.join(hints)}; valid keys: {', '.join(sorted(_TOP_LEVEL))}"
+
+
 def parse_settings(document: dict[str, Any], base: Path) -> Settings:
     unknown = set(document) - _TOP_LEVEL
     if unknown:
-        raise ConfigError(f"settings: unknown keys {sorted(unknown)}")
+        raise ConfigError(f"settings: {_unknown_keys(unknown)}")
     rules: list[TrustRule] = []
     raw_rules = document.get("rule", [])
     if not isinstance(raw_rules, list):
@@ -110,7 +135,15 @@ def settings_path() -> Path | None:
     return default if default.is_file() else None
 
 
-@cache
+def _broken(path: Path, what: str, settings: Settings | None = None) -> Settings:
+    """Settings for a broken file: its valid part (or the defaults), marked broken, with one warning."""
+    problem = f"settings file {path}: {what}; fix it (docs/KEYS.md): encrypted files are refused until then"
+    warnings.warn(f"{problem}; plain safetensors files still load", SettingsWarning, stacklevel=4)
+    settings = settings or Settings(key_dirs=((DEFAULT_DIR / "keys").expanduser(),))
+    return Settings(settings.key_dirs, settings.jku_dirs, settings.trust, settings.raw, settings.base, problem)
+
+
+@cache  # one parse, and so one warning, per version of the file
 def _load(path: Path | None, mtime: float) -> Settings:
     if path is None:
         return Settings(key_dirs=((DEFAULT_DIR / "keys").expanduser(),))
@@ -119,8 +152,13 @@ def _load(path: Path | None, mtime: float) -> Settings:
     except OSError as error:
         raise ConfigError(f"cannot read settings file {path}: {error.strerror}") from None
     except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"settings file {path} is not valid TOML: {error}") from None
-    return parse_settings(document, path.parent)
+        return _broken(path, f"not valid TOML ({error})")
+    unknown = set(document) - _TOP_LEVEL
+    try:
+        settings = parse_settings({k: v for k, v in document.items() if k not in unknown}, path.parent)
+    except ConfigError as error:
+        return _broken(path, str(error).removeprefix("settings: "))
+    return _broken(path, _unknown_keys(unknown), settings) if unknown else settings
 
 
 def load_settings() -> Settings:

@@ -89,18 +89,29 @@ def _scratch_buffer(size: int) -> memoryview:
     return memoryview(buf)[:size]
 
 
-def _run_spans(chunks: ChunkRange, task: Callable[[int, int], None]) -> None:
-    """Call ``task(first, stop)`` over spans of chunks; in parallel when there is more than one span."""
-    per_span = max(1, SPAN_BYTES // chunks.chunk_size)
+def _run_spans(chunks: ChunkRange, task: Callable[[int, int], None], source: object = None) -> None:
+    """Call ``task(first, stop)`` over spans of chunks; in parallel when there is more than one span.
+
+    A remote source (reading/remote.py) sets the span size (one range request each) and its own pool (its
+    request concurrency, independent of the CPU count)."""
+    per_span = max(1, getattr(source, "span_bytes", SPAN_BYTES) // chunks.chunk_size)
     spans = [(i, min(chunks.stop, i + per_span)) for i in range(chunks.first, chunks.stop, per_span)]
     if len(spans) == 1:
         task(*spans[0])
         return
-    futures = [_executor().submit(task, a, b) for a, b in spans]
+    pool = getattr(source, "executor", None) or _executor()
+    futures = [pool.submit(task, a, b) for a, b in spans]
     errors = [f.exception() for f in futures]
     for error in errors:
         if error is not None:
             raise error
+
+
+def _sequential(source: Source, offset: int, length: int) -> Source:
+    """The source to read ``[offset, offset + length)`` front to back: a remote source streams it with one
+    request (each chunk decrypted as soon as it is in); a local file reads positionally as it is."""
+    span = getattr(source, "span", None)
+    return span(offset, length) if span is not None else source
 
 
 def decrypt_chunks(
@@ -118,20 +129,36 @@ def decrypt_chunks(
     def task(first: int, stop: int) -> None:
         cipher = alg.new(data_key)
         scratch = _scratch_buffer(chunks.largest_chunk + TAG_SIZE)
+        span_lo, span_hi = chunks.bounds(first)[0], chunks.bounds(stop - 1)[1]
+        reader = _sequential(source, chunks.origin + span_lo, span_hi - span_lo)
         for index in range(first, stop):
             lo, hi = chunks.bounds(index)
             size = hi - lo
-            source.readinto(chunks.origin + lo, scratch[:size])
+            reader.readinto(chunks.origin + lo, scratch[:size])
             scratch[size : size + TAG_SIZE] = tags[index * TAG_SIZE : (index + 1) * TAG_SIZE]
             dst = lo - chunks.byte_lo
             cipher.decrypt_into(chunk_nonce(base_iv, index), scratch[: size + TAG_SIZE], None, view[dst : dst + size])
 
     try:
         with cipher_errors("an encrypted chunk"):
-            _run_spans(chunks, task)
+            _run_spans(chunks, task, source)
     except BaseException:
         out.fill(0)
         raise
+
+
+def borrowed_output(size: int) -> np.ndarray | None:
+    """This thread's reusable plaintext buffer, ``size`` bytes of it, for a slice that copies its selection
+    out at once: no allocation (and no page faults on fresh memory) per call. Valid until this thread's next
+    call. None above ``SPAN_BYTES`` (then allocate). It is never the ciphertext scratch buffer, so an AEAD
+    call into it never has overlapping input and output; :func:`decrypt_chunks` wipes it on a failed tag.
+    """
+    if size > SPAN_BYTES:
+        return None
+    buf = getattr(_scratch, "plain", None)
+    if buf is None or len(buf) < size:
+        buf = _scratch.plain = np.empty(max(size, STREAM_PIECE), dtype=np.uint8)
+    return buf[:size]
 
 
 def decrypt_whole(
@@ -151,9 +178,10 @@ def decrypt_whole(
             if alg.streams:
                 decryptor = alg.decryptor(data_key, iv, tag)
                 scratch = _scratch_buffer(min(STREAM_PIECE, nbytes))
+                reader = _sequential(source, origin, nbytes)
                 for lo in range(0, nbytes, STREAM_PIECE):
                     size = min(STREAM_PIECE, nbytes - lo)
-                    source.readinto(origin + lo, scratch[:size])
+                    reader.readinto(origin + lo, scratch[:size])
                     decryptor.update_into(scratch[:size], view[lo : lo + size + _GCM_SLACK])
                 decryptor.finalize()
             else:
@@ -207,7 +235,7 @@ def read_plain(source: Source, chunks: ChunkRange, out: np.ndarray, digests: byt
                 raise IntegrityError(f"an unencrypted chunk ({index}) does not match its signed digest")
 
     try:
-        _run_spans(chunks, task)
+        _run_spans(chunks, task, source)
     except BaseException:
         out.fill(0)
         raise

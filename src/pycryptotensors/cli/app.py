@@ -23,7 +23,7 @@ from ..errors import (
     KeyAccessError,
     PolicyDeniedError,
 )
-from . import convert, inspect, keygen, keyservice, policy
+from . import convert, inspect, keygen, keyservice, policy, sign
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_FORMAT, EXIT_INTEGRITY, EXIT_KEY, EXIT_POLICY = 0, 1, 2, 3, 4, 5, 6
 EXIT_CODES = [
@@ -42,7 +42,7 @@ A publisher makes keys once, encrypts a model directory, and ships it with the p
   pycryptotensors keygen master keys/master.jwk
   pycryptotensors keygen signing keys/publisher.jwk        # also writes keys/publisher.pub.jwk
   pycryptotensors encrypt ./my-model ./my-model-encrypted \\
-      --master-key keys/master.jwk --signing-key keys/publisher.jwk --plain '*norm*'
+      --master-key keys/master.jwk --signing-key keys/publisher.jwk --plain '*[Nn]orm*'
 
 A consumer checks and reads it with the master key and the publisher's public key:
 
@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"pycryptotensors {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (keygen, convert, inspect, policy, keyservice):
+    for module in (keygen, convert, sign, inspect, policy, keyservice):
         module.register(commands)
     return parser
 
@@ -91,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pycryptotensors: internal error: {type(error).__name__}: {error}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
-        print("pycryptotensors: interrupted (finished files are complete; run again to redo the rest)", file=sys.stderr)
+        print("pycryptotensors: interrupted (no partial output is left; run the command again)", file=sys.stderr)
         return 130
 
 

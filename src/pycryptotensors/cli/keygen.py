@@ -8,13 +8,13 @@ from pathlib import Path
 from ..cipher.aead import ALGORITHMS
 from ..keys.files import write_key_file
 from ..keys.jwk import generate_master_key, generate_signing_key
-from .common import add_output_options, emit
+from .common import add_force_option, add_output_options, emit, refuse_existing
 
 HELP = """\
 Make a key and write it as a JWK file (RFC 7517; '--dialect reference' for the reference library's variant).
 
   master   a symmetric key that wraps each tensor's data key; keep it secret, give it to whoever may load
-           the model (or to the key service). Written with mode 0600.
+           the model (or to the key service). Written with mode 0600, atomically, never through a link.
   signing  an Ed25519 key pair: the private half (0600) signs headers; the public half (OUT.pub.jwk, 0644)
            is what consumers pin with --trust, so that only your files load.
 
@@ -31,9 +31,8 @@ def public_path(path: Path) -> Path:
 def run(args: argparse.Namespace) -> int:
     out = Path(args.output)
     targets = [out] if args.kind == "master" else [out, public_path(out)]
-    existing = [str(p) for p in targets if p.exists()]
-    if existing and not args.force:
-        raise FileExistsError(f"refusing to overwrite {', '.join(existing)} (use --force)")
+    for target in targets:  # checked together: a key pair is never half replaced
+        refuse_existing(target, args.force)
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.kind == "master":
         key = generate_master_key(args.alg, args.kid)
@@ -76,6 +75,6 @@ def register(commands: argparse._SubParsersAction) -> None:
         choices=["rfc", "reference"],
         help="JWK dialect: RFC 7517 (default) or the reference library's",
     )
-    parser.add_argument("--force", action="store_true", help="overwrite existing key files")
+    add_force_option(parser, "existing key files (the new file is written 0600 whatever the old one's mode)")
     add_output_options(parser)
     parser.set_defaults(run=run)

@@ -1,4 +1,4 @@
-"""``policy``: test a Rego policy against an input document, or explain a file's verdict here."""
+"""``policy``: test or lint a Rego policy, or explain a verified file's verdict here."""
 
 from __future__ import annotations
 
@@ -6,24 +6,35 @@ import argparse
 import json
 from pathlib import Path
 
+from ..errors import NotEncryptedError
+from ..policy.lint import explain_undefined, lint
 from ..policy.rego import check_policy, evaluate_policy, local_input
-from ..reading.reader import read_header_view
-from .common import add_output_options, emit
+from ..reading.reader import open_file, read_header_view
+from ..reading.source import FileSource
+from .common import add_key_options, add_output_options, emit, load_options
 
 HELP = """\
-Work with the local access policy (a Rego module, 'package model', allowing when data.model.allow is true).
+Work with the local access policy (a Rego v1 module, 'package model', allowing when data.model.allow is true).
 
   test POLICY.rego [--input INPUT.json]   evaluate a policy file; the input defaults to this machine's
-                                          (time, host, user, process, runtime), --claims adds claims
-  explain FILE                            show the input this machine would give the FILE's local policy and
-                                          whether it allows the load, without any key
+                                          (time, host, user, process, runtime), --claims adds claims;
+                                          an undefined result is explained rule by rule
+  lint POLICY.rego                        check it before publishing: Rego version, package, whether allow
+                                          can be true, unavailable or unknown builtins, builtins the
+                                          reference library lacks, timestamps; then this machine's verdict
+  explain FILE                            verify FILE's signature (with --key/--key-dir/--trust, or the
+                                          settings), then show its local policy's verdict here; an
+                                          unverified file's policy runs only with --unverified
 
-The input document is described in docs/POLICY.md. Exit code 0 when allowed, 6 when denied.
+Policies run in a sandboxed helper process (docs/POLICY.md). Exit code 0 when allowed (lint: no error),
+6 when denied (lint: an error), 2 for a policy that does not compile, 5 when the signer's key is missing.
 
 examples:
   pycryptotensors policy test expires-2027.rego
-  pycryptotensors policy explain model.ct --framework pt --claims '{"team": "research"}'
+  pycryptotensors policy lint expires-2027.rego
+  pycryptotensors policy explain model.ct --trust publisher.pub.jwk --claims '{"team": "research"}'
 """
+UNVERIFIED = "UNVERIFIED (signature not checked): "
 
 
 def _input(args: argparse.Namespace) -> dict:
@@ -32,48 +43,94 @@ def _input(args: argparse.Namespace) -> dict:
     return local_input(args.framework, args.device, json.loads(args.claims) if args.claims else None)
 
 
-def _report(args: argparse.Namespace, policy: str, document: dict) -> int:
-    decision = evaluate_policy(policy, document)
+def _report(args: argparse.Namespace, policy: str, document: dict, prefix: str = "", explain: bool = False) -> int:
+    decision = evaluate_policy(policy, document, diagnostics=explain)
     verdict = "allowed" if decision.allowed else "denied"
-    emit(
-        args,
-        {"allowed": decision.allowed, "reason": decision.reason, "input": document},
-        f"{verdict}: {decision.reason}\ninput: {json.dumps(document, indent=2)}",
-    )
+    lines = [f"{verdict}: {decision.reason}"]
+    if explain and decision.detail:
+        lines.append(f"engine: {decision.detail}")
+    why = explain_undefined(policy, decision) if explain and decision.status == "undefined" else []
+    lines += [f"  {line}" for line in why]
+    lines += f"input: {json.dumps(document, indent=2)}".splitlines()
+    result = {"allowed": decision.allowed, "status": decision.status, "reason": decision.reason, "input": document}
+    if explain:
+        result.update(detail=decision.detail, explanation=why)
+    if prefix:
+        result.update(verified=False, warning=prefix.strip())
+    emit(args, result, "\n".join(prefix + line for line in lines))
     return 0 if decision.allowed else 6
 
 
 def run_test(args: argparse.Namespace) -> int:
     policy = Path(args.policy).read_text(encoding="utf-8")
     check_policy(policy)
-    return _report(args, policy, _input(args))
+    return _report(args, policy, _input(args), explain=True)
+
+
+def run_lint(args: argparse.Namespace) -> int:
+    policy = Path(args.policy).read_text(encoding="utf-8")
+    findings, decision = lint(policy, _input(args))
+    errors = [f for f in findings if f.level == "error"]
+    lines = [f"{f.level}: {f.check}: {f.message}" + (f" (line {f.line})" if f.line else "") for f in findings]
+    if decision is not None:
+        lines.append(f"here: {'allowed' if decision.allowed else 'denied'}: {decision.reason}")
+    result = {
+        "ok": not errors,
+        "findings": [f.to_json() for f in findings],
+        "here": None if decision is None else {"allowed": decision.allowed, "reason": decision.reason},
+    }
+    emit(args, result, "\n".join(lines))
+    return 6 if errors else 0
 
 
 def run_explain(args: argparse.Namespace) -> int:
-    crypto = read_header_view(args.file).crypto
+    if args.unverified:
+        crypto = read_header_view(args.file).crypto
+    else:
+        source = FileSource(args.file)
+        try:
+            opened = open_file(source, load_options(args), args.framework, args.device,
+                               evaluate_local_policy=False, unwrap=False, whole_model=False)  # fmt: skip
+        except NotEncryptedError:
+            opened = None
+        finally:
+            source.close()
+        crypto = None if opened is None else opened.crypto
     if crypto is None:
-        emit(
-            args, {"allowed": True, "reason": "plain safetensors file: no policy"}, "plain safetensors file: no policy"
-        )
+        text = "plain safetensors file: no policy"
+        emit(args, {"allowed": True, "reason": text}, text)
         return 0
-    return _report(args, crypto.policy_local, _input(args))
+    if args.unverified:  # no engine text from an unverified file, only our fixed sentences
+        return _report(args, crypto.policy_local, _input(args), UNVERIFIED)
+    return _report(args, crypto.policy_local, _input(args), explain=True)
 
 
 def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "policy",
-        help="test a policy, or explain a file's policy verdict here",
+        help="test or lint a policy, or explain a file's policy verdict here",
         description=HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    for name, run, target in (("test", run_test, "policy"), ("explain", run_explain, "file")):
+    for name, run, target in (
+        ("test", run_test, "policy"),
+        ("lint", run_lint, "policy"),
+        ("explain", run_explain, "file"),
+    ):
         sub = actions.add_parser(
             name, help=f"{name} ({target})", description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter
         )
         sub.add_argument(target)
-        if name == "test":
+        if name in ("test", "lint"):
             sub.add_argument("--input", metavar="INPUT.json", help="the input document (default: this machine's)")
+        if name == "explain":
+            add_key_options(sub)
+            sub.add_argument(
+                "--unverified",
+                action="store_true",
+                help="evaluate the policy of a file whose signature cannot be checked (every line says so)",
+            )
         sub.add_argument("--claims", metavar="JSON", help="claims added to this machine's input document")
         sub.add_argument("--framework", default="pt", help="runtime.framework in the input (default pt)")
         sub.add_argument("--device", default="cpu", help="runtime.device in the input (default cpu)")

@@ -9,10 +9,13 @@ two parsers that resolve them differently would see two different files behind o
 
 from __future__ import annotations
 
+import itertools
 import json
+import operator
 import struct
 from dataclasses import dataclass
-from typing import Any
+from functools import cached_property
+from typing import Any, NamedTuple
 
 from ..errors import FormatError
 from .dtypes import DTYPES, DType, nbytes_of
@@ -23,9 +26,12 @@ _ENTRY_FIELDS = frozenset({"dtype", "shape", "data_offsets"})
 MAX_RANK = 64  # numpy's limit; also keeps a hostile shape from costing a long big-integer product
 
 
-@dataclass(frozen=True)
-class TensorEntry:
-    """One tensor as the outer header describes it; offsets are relative to the start of the data area."""
+class TensorEntry(NamedTuple):
+    """One tensor as the outer header describes it; offsets are relative to the start of the data area.
+
+    A named tuple rather than a dataclass: a header of thousands of tensors builds thousands of these at
+    every open, and a tuple costs a third of a frozen dataclass to make.
+    """
 
     name: str
     dtype: DType
@@ -49,7 +55,18 @@ class Header:
 
     def in_offset_order(self) -> list[TensorEntry]:
         """Tensors by data offset; ties (zero-size tensors) keep their on-disk order."""
-        return sorted(self.tensors.values(), key=lambda e: (e.start, e.end))
+        return list(self._offset_order)
+
+    @cached_property
+    def _offset_order(self) -> tuple[TensorEntry, ...]:
+        return _offset_order(self.tensors)
+
+
+def _offset_order(tensors: dict[str, TensorEntry]) -> tuple[TensorEntry, ...]:
+    entries = tuple(tensors.values())
+    if all(a.end <= b.start for a, b in itertools.pairwise(entries)):  # the usual layout: already in order
+        return entries
+    return tuple(sorted(entries, key=lambda e: (e.start, e.end)))
 
 
 def read_prefix(prefix: bytes, total_size: int) -> int:
@@ -89,6 +106,30 @@ def loads_strict(text: str | bytes, what: str) -> Any:
         raise FormatError(f"{what} is not valid JSON: {exc}") from None
 
 
+def loads_unchecked(text: str | bytes, what: str) -> Any:
+    """JSON like :func:`loads_strict` but without its per-object duplicate-key hook, which costs a Python call
+    for each of thousands of objects. The caller validates the structure, then calls :func:`no_duplicates`."""
+    try:
+        return json.loads(text, parse_constant=_no_constants)
+    except FormatError:
+        raise
+    except (ValueError, RecursionError) as exc:
+        raise FormatError(f"{what} is not valid JSON: {exc}") from None
+
+
+def no_duplicates(text: str, what: str, members: int, strings: list[str]) -> None:
+    """Refuse ``text`` if it holds a duplicate key, given what its parse was validated to hold: ``members``
+    key-value pairs in all, and no other strings than ``strings`` that may contain a colon.
+
+    In JSON a colon outside a string separates a key from its value, so the text holds ``count(':')`` minus
+    the colons written inside its strings members. With no ``\\u003a`` escape (the only other way to write a
+    colon), those are at least the colons of the parsed strings. When the counts agree, the text holds no
+    more members than its parse: no key was dropped as a duplicate. Otherwise the strict parser decides.
+    """
+    if "u003" in text or text.count(":") != members + sum(map(operator.methodcaller("count", ":"), strings)):
+        loads_strict(text, what)
+
+
 def _entry(name: str, raw: Any) -> TensorEntry:
     # ``type(x) is int`` rather than isinstance: JSON true/false must not pass as 1/0.
     if type(raw) is not dict or len(raw) != 3 or not _ENTRY_FIELDS.issuperset(raw):
@@ -114,6 +155,33 @@ def _entry(name: str, raw: Any) -> TensorEntry:
     return TensorEntry(name, dtype, tuple(shape), start, end)
 
 
+def _entries(document: dict[str, Any]) -> dict[str, TensorEntry]:
+    """Every tensor entry, validated. One tight loop for the valid case (thousands of tensors are opened at
+    every load); any entry it does not accept goes through :func:`_entry`, which names the defect."""
+    tensors: dict[str, TensorEntry] = {}
+    dtypes, new = DTYPES, tuple.__new__
+    for name, raw in document.items():
+        if type(raw) is dict and len(raw) == 3:
+            dtype_name, shape, offsets = raw.get("dtype"), raw.get("shape"), raw.get("data_offsets")
+            dtype = dtypes.get(dtype_name) if type(dtype_name) is str else None
+            well_formed = dtype is not None and type(shape) is list and len(shape) <= MAX_RANK
+            if well_formed and type(offsets) is list and len(offsets) == 2:
+                start, end = offsets
+                if type(start) is int and type(end) is int and 0 <= start <= end:
+                    count = 1
+                    for dim in shape:
+                        if type(dim) is not int or dim < 0:
+                            break
+                        count *= dim
+                    else:
+                        bits = count * dtype.bits
+                        if not bits % 8 and bits // 8 == end - start:
+                            tensors[name] = new(TensorEntry, (name, dtype, tuple(shape), start, end))
+                            continue
+        tensors[name] = _entry(name, raw)
+    return tensors
+
+
 def parse_header(header_bytes: bytes, data_start: int, data_len: int | None) -> Header:
     """Validate the JSON header of a file whose data area holds exactly ``data_len`` bytes.
 
@@ -126,9 +194,10 @@ def parse_header(header_bytes: bytes, data_start: int, data_len: int | None) -> 
         raise FormatError("header is not valid UTF-8") from None
     if not text.startswith("{"):
         raise FormatError("header does not start with '{'")
-    document = loads_strict(text, "header")
+    document = loads_unchecked(text, "header")
     if not isinstance(document, dict):
         raise FormatError("header is not a JSON object")
+    top_members = len(document)
 
     metadata = document.pop("__metadata__", None)
     if metadata is None:
@@ -136,9 +205,13 @@ def parse_header(header_bytes: bytes, data_start: int, data_len: int | None) -> 
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise FormatError("__metadata__ must map strings to strings")
 
-    tensors = {name: _entry(name, raw) for name, raw in document.items()}
+    tensors = _entries(document)
+    # Every entry holds three members (dtype, shape, data_offsets: no other strings); metadata, strings only.
+    members = top_members + len(metadata) + 3 * len(tensors)
+    no_duplicates(text, "header", members, [*tensors, *metadata, *metadata.values()])
+    ordered = _offset_order(tensors)
     position = 0
-    for entry in sorted(tensors.values(), key=lambda e: (e.start, e.end)):
+    for entry in ordered:
         if entry.start != position:
             problem = "overlaps the previous tensor" if entry.start < position else "leaves a gap before it"
             raise FormatError(f"tensor {entry.name!r} at offset {entry.start} {problem} (expected {position})")
@@ -150,7 +223,9 @@ def parse_header(header_bytes: bytes, data_start: int, data_len: int | None) -> 
             f"tensors cover {position} bytes but the data area holds {data_len}: "
             + ("truncated file" if position > data_len else "trailing bytes")
         )
-    return Header(metadata, tensors, data_start, data_len)
+    header = Header(metadata, tensors, data_start, data_len)
+    header.__dict__["_offset_order"] = ordered  # the order just checked, for whoever asks next
+    return header
 
 
 def serialize_header(metadata: dict[str, str] | None, entries: list[TensorEntry]) -> bytes:

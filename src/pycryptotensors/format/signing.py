@@ -51,9 +51,54 @@ def sign_header(private_key: Ed25519PrivateKey, metadata: dict[str, str], ordere
     return private_key.sign(signed_message(metadata, ordered))
 
 
-def verify_header(public_keys: Ed25519PublicKey | Sequence[Ed25519PublicKey], header: Header, signature: bytes) -> None:
-    """Accept the header if one of the trusted keys verifies it (in either deterministic tie order)."""
+def _as_written(header: Header, raw: bytes) -> bytes | None:
+    """The signed message cut out of the header as written, or None when it was not written that way.
+
+    Writers (ours, the reference's) lay a header out as its signed message plus the signature: compact,
+    metadata first with its keys sorted, tensors in data order. Then the message is the raw tensor entries
+    behind the re-serialized metadata, with no per-tensor work. It is safe to verify: the raw text is
+    ``{"__metadata__":`` + the exact serialization of the parsed metadata + ``rest``, and the message is the
+    same with the signature left out, so both parse to the same tensors (a second ``__metadata__`` in
+    ``rest`` was refused as a duplicate key when the header was parsed).
+    """
+    metadata = header.metadata
+    try:
+        members = {
+            k: json.dumps(k, ensure_ascii=False) + ":" + json.dumps(metadata[k], ensure_ascii=False)
+            for k in sorted(metadata)
+        }
+        written = ('{"__metadata__":{' + ",".join(members.values()) + "}").encode("utf-8")
+        signed = ",".join(v for k, v in members.items() if k != SIGNATURE)
+    except UnicodeEncodeError:
+        return None
+    if not raw.startswith(written):
+        return None
+    rest = raw[len(written) :].rstrip(b" ")
+    if not (rest == b"}" or rest.startswith(b",")):
+        return None
+    return ('{"__metadata__":{' + signed + "}").encode("utf-8") + rest
+
+
+def verify_header(
+    public_keys: Ed25519PublicKey | Sequence[Ed25519PublicKey],
+    header: Header,
+    signature: bytes,
+    raw: bytes | None = None,
+) -> None:
+    """Accept the header if one of the trusted keys verifies it (in either deterministic tie order).
+
+    With ``raw`` (the header bytes as read), a header written the usual way is checked against its own bytes
+    first (:func:`_as_written`), which costs no per-tensor work; the canonical messages are the fallback.
+    """
     keys = [public_keys] if isinstance(public_keys, Ed25519PublicKey) else list(public_keys)
+    message = _as_written(header, raw) if raw is not None else None
+    if message is not None:
+        for key in keys:
+            try:
+                key.verify(signature, message)
+                return
+            except InvalidSignature:
+                continue
     for ordered in _candidate_orders(header):
         message = signed_message(header.metadata, ordered)
         for key in keys:

@@ -1,10 +1,13 @@
 """Transparent mode: unmodified code that uses the ``safetensors`` package loads CryptoTensors files.
 
-``safetensors.safe_open``, ``safetensors.torch.load`` / ``load_file`` and ``safetensors.numpy.load`` /
-``load_file`` are replaced by thin wrappers. Each looks at the file's header (one small read): a plain file
-goes to the original function, untouched and at its speed; a CryptoTensors file goes to pycryptotensors, with
-keys from the configured sources (``CRYPTOTENSOR_KEYS``, key directories, the key service, see docs/KEYS.md).
-An encrypted file with no key available fails with our clear error, never with ciphertext as weights.
+Every function of safetensors that reads tensor data is covered (the table :data:`ENTRY_POINTS` lists each
+public callable and how): ``safe_open``, ``deserialize`` and ``_safe_open_handle`` at the top level, and
+``load`` in the numpy and torch modules, are replaced by thin wrappers; the other readers (``load_file``,
+``load_model``, the flax / tensorflow / paddle / mlx functions) reach tensor data only through those.
+Each wrapper looks at the file's header (one small read): a plain file goes to the original function,
+untouched and at its speed; a CryptoTensors file goes to pycryptotensors, with keys from the configured
+sources (``CRYPTOTENSOR_KEYS``, key directories, the key service, see docs/KEYS.md). An encrypted file with
+no key available fails with our clear error, never with ciphertext as weights.
 
 The patch must be in place before other code imports names from safetensors (transformers does so at import
 time), so installing the package arms an import hook at interpreter start (``pycryptotensors-transparent.pth``
@@ -15,6 +18,7 @@ runs ``_pycryptotensors_startup``), which calls :func:`patch_module` as each saf
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import os
 import struct
@@ -29,12 +33,66 @@ from ..format.header import MAX_HEADER_SIZE, PREFIX_SIZE
 from ..format.reserved import plainly_unencrypted
 from ..keys.trust import Trust
 from ..settings import Settings, load_settings, settings_path
+from . import model_guard
 
 if TYPE_CHECKING:
     from ..config import LoadOptions
 
 PTH_NAME = "pycryptotensors-transparent.pth"
-PATCHED = ("safe_open", "load")
+READS, WRITES, HELPER = "reads tensor data", "writes", "helper"
+
+# Every public callable of safetensors 0.8, under the module that defines it. Names a module re-exports
+# (``safetensors.torch.safe_open``) are the top-level rows. tests/test_transparent_entrypoints.py enumerates
+# the installed safetensors by introspection (and reads the modules it cannot import as text) and fails on any
+# callable missing here: a release that adds a reading function fails the tests instead of handing out
+# ciphertext. Each READS row is tested with an encrypted file (right, missing and wrong keys, a tampered byte)
+# and with a plain one (identical to safetensors without us).
+#   (READS, wrapper)        replaced by that wrapper, in its module and wherever safetensors re-exports it
+#   (READS, "via A, m.B")   reads tensor data only through these globals of its module, which are wrapped
+#                           (looked up at call time; the test checks the function's code names them)
+#   (WRITES, ""), (HELPER, "")   passed through untouched: writing, or no tensor data returned
+ENTRY_POINTS: dict[str, tuple[str, str]] = {
+    "safetensors.safe_open": (READS, "safe_open"),
+    "safetensors._safe_open_handle": (READS, "safe_open_handle"),
+    "safetensors.deserialize": (READS, "deserialize"),
+    "safetensors.serialize": (WRITES, ""),
+    "safetensors.serialize_file": (WRITES, ""),
+    "safetensors.TensorSpec": (HELPER, ""),
+    "safetensors.SafetensorError": (HELPER, ""),
+    "safetensors.numpy.load": (READS, "load"),
+    "safetensors.numpy.load_file": (READS, "via safe_open"),
+    "safetensors.numpy.save": (WRITES, ""),
+    "safetensors.numpy.save_file": (WRITES, ""),
+    "safetensors.torch.load": (READS, "load"),
+    "safetensors.torch.load_file": (READS, "via safe_open"),
+    "safetensors.torch.load_model": (READS, "via load_file"),
+    "safetensors.torch.save": (WRITES, ""),
+    "safetensors.torch.save_file": (WRITES, ""),
+    "safetensors.torch.save_model": (WRITES, ""),
+    "safetensors.torch.storage_ptr": (HELPER, ""),
+    "safetensors.torch.storage_size": (HELPER, ""),
+    "safetensors.flax.load": (READS, "via numpy.load"),
+    "safetensors.flax.load_file": (READS, "via safe_open"),
+    "safetensors.flax.save": (WRITES, ""),
+    "safetensors.flax.save_file": (WRITES, ""),
+    "safetensors.tensorflow.load": (READS, "via numpy.load"),
+    "safetensors.tensorflow.load_file": (READS, "via safe_open"),
+    "safetensors.tensorflow.save": (WRITES, ""),
+    "safetensors.tensorflow.save_file": (WRITES, ""),
+    "safetensors.paddle.load": (READS, "via deserialize, numpy.load"),
+    "safetensors.paddle.load_file": (READS, "via safe_open, numpy.load_file"),
+    "safetensors.paddle.save": (WRITES, ""),
+    "safetensors.paddle.save_file": (WRITES, ""),
+    "safetensors.mlx.load": (READS, "via numpy.load"),
+    "safetensors.mlx.load_file": (READS, "via safe_open"),
+    "safetensors.mlx.save": (WRITES, ""),
+    "safetensors.mlx.save_file": (WRITES, ""),
+}
+NATIVE = "safetensors._safetensors_rust"  # where the originals live: never patched
+_FRAMEWORKS = {"safetensors.numpy": "np", "safetensors.torch": "pt"}  # modules with a wrapped ``load``
+# The bytes a wrapped ``load`` has just found plain: its original calls ``deserialize`` on them, which then
+# need not read the header a second time (a plain file pays for one sniff, whatever the path).
+_sniffed_plain: contextvars.ContextVar[object] = contextvars.ContextVar("sniffed_plain", default=None)
 _options: LoadOptions | None = None
 
 
@@ -76,20 +134,27 @@ def is_crypto_file(filename: Any) -> bool:
 
 
 def is_crypto_bytes(data: Any) -> bool:
-    view = memoryview(data)
+    try:
+        view = memoryview(data)
+    except TypeError:
+        return False  # not bytes: the original reports it
     return _is_crypto_header(lambda offset, size: bytes(view[offset : offset + size]))
 
 
 def encryption_required(path: Any) -> bool:
     """Whether the consumer requires encryption for this file (or for everything, for bytes): then a plain
     file must not slip through to the original function, which would load it without a word."""
+    if isinstance(path, str | os.PathLike) and model_guard.manifest_for(path) is not None:
+        return True  # in a signed model folder: our reader checks the folder, plain or not (docs/SECURITY.md)
     required = _options is not None and _options.require_encryption
     use_settings = _options is None or _options.use_settings
     if not required and not (use_settings and settings_path()):
         return False  # nothing can require it: the common case, decided without reading anything
     settings = load_settings() if use_settings else Settings()
     trust = Trust(require_encryption=required or settings.trust.require_encryption, rules=settings.trust.rules)
-    return trust.for_file(path if isinstance(path, str | os.PathLike) else None).require_encryption
+    if not isinstance(path, str | os.PathLike):  # bytes: their file cannot be told, so every rule applies
+        return model_guard.unknown_origin_trust(trust).require_encryption
+    return trust.for_file(path).require_encryption
 
 
 def _wrap(original: Any, replacement: Callable[..., Any]) -> Callable[..., Any]:
@@ -110,6 +175,46 @@ def _safe_open(original: Any) -> Callable[..., Any]:
     return _wrap(original, safe_open)
 
 
+def _safe_open_handle(original: Any) -> Callable[..., Any]:
+    """safetensors 0.8's ``_safe_open_handle(f, ...)``: a handle over an open file, which it reads by ``f.name``."""
+
+    def _safe_open_handle(f: Any, framework: str, *args: Any, **kwargs: Any) -> Any:
+        name = getattr(f, "name", None)
+        if isinstance(name, str | os.PathLike) and (is_crypto_file(name) or encryption_required(name)):
+            from ..reading.handle import safe_open as crypto_safe_open
+
+            device = args[0] if args else kwargs.get("device", "cpu")
+            return crypto_safe_open(name, framework, device=device, config=_options, backend=kwargs.get("backend"))
+        return original(f, framework, *args, **kwargs)
+
+    return _wrap(original, _safe_open_handle)
+
+
+def _raw_view(opened: Any, entry: Any) -> dict[str, Any]:
+    """One item of ``deserialize``'s answer; ``data`` a bytearray, as safetensors returns it."""
+    return {"dtype": entry.dtype.name, "shape": list(entry.shape), "data": bytearray(opened.tensor_bytes(entry.name))}
+
+
+def _deserialize(original: Any) -> Callable[..., Any]:
+    """``deserialize(bytes)``: the same list of ``(name, {"dtype", "shape", "data"})``, with the plaintext."""
+
+    def deserialize(data: Any, *args: Any, **kwargs: Any) -> Any:
+        if _sniffed_plain.get() is not data and (is_crypto_bytes(data) or encryption_required(None)):
+            from ..config import load_options
+            from ..reading.reader import open_file
+            from ..reading.source import BytesSource
+
+            opened = open_file(BytesSource(data), load_options(_options), "np", "cpu")  # raises, or None if plain
+            if opened is not None:
+                try:
+                    return [(e.name, _raw_view(opened, e)) for e in opened.header.in_offset_order()]
+                finally:
+                    opened.close()
+        return original(data, *args, **kwargs)
+
+    return _wrap(original, deserialize)
+
+
 def _load(original: Any, framework: str) -> Callable[..., Any]:
     def load(data: bytes, *args: Any, **kwargs: Any) -> Any:
         if is_crypto_bytes(data) or encryption_required(None):
@@ -118,27 +223,50 @@ def _load(original: Any, framework: str) -> Callable[..., Any]:
             result = _frontend.load(data, framework, _options)
             if result is not None:
                 return result
-        return original(data, *args, **kwargs)
+        token = _sniffed_plain.set(data)
+        try:
+            return original(data, *args, **kwargs)
+        finally:
+            _sniffed_plain.reset(token)
 
     return _wrap(original, load)
 
 
-def _replace(module: ModuleType, attribute: str, make: Callable[[Any], Any]) -> None:
-    current = getattr(module, attribute, None)
-    if current is None or getattr(current, "__pycryptotensors__", False):
-        return  # absent, or already a wrapper (safetensors.torch imports the package's wrapped safe_open)
-    setattr(module, attribute, make(current))
+_WRAPPERS: dict[str, Callable[[Any, str], Callable[..., Any]]] = {
+    "safe_open": lambda original, module: _safe_open(original),
+    "safe_open_handle": lambda original, module: _safe_open_handle(original),
+    "deserialize": lambda original, module: _deserialize(original),
+    "load": lambda original, module: _load(original, _FRAMEWORKS[module]),
+}
+
+
+def is_target(name: str) -> bool:
+    """Whether a module is one of safetensors' Python modules (the native one holds the originals)."""
+    return (name == "safetensors" or name.startswith("safetensors.")) and name != NATIVE
 
 
 def patch_module(name: str, module: ModuleType) -> None:
-    """Make one safetensors module CryptoTensors-aware (idempotent)."""
-    if name == "safetensors":
-        _replace(module, "safe_open", _safe_open)
-    elif name in ("safetensors.torch", "safetensors.numpy"):
-        framework = "pt" if name.endswith("torch") else "np"
-        # load_file calls these globals at call time: patching them covers load_file too
-        _replace(module, "safe_open", _safe_open)
-        _replace(module, "load", lambda original: _load(original, framework))
+    """Make one safetensors module CryptoTensors-aware (idempotent): wrap the readers :data:`ENTRY_POINTS`
+    names for it, and rebind any name under which it re-exports a wrapped top-level reader."""
+    model_guard.arm()  # and other checkpoint formats / index escapes refused where the rules apply
+    package = sys.modules.get("safetensors")  # executed, and patched, before any of its submodules
+    for qualified, (kind, how) in ENTRY_POINTS.items():
+        if kind != READS or how.startswith("via "):
+            continue  # nothing to replace: passed through, or reads only through wrapped globals
+        home, _, attribute = qualified.rpartition(".")
+        current = getattr(module, attribute, None)
+        if home == name and current is not None and not getattr(current, "__pycryptotensors__", False):
+            setattr(module, attribute, _WRAPPERS[how](current, name))
+        elif home == "safetensors" and name != home and package is not None:
+            wrapper = getattr(package, attribute, None)
+            if getattr(wrapper, "__pycryptotensors__", False):
+                for key, value in list(vars(module).items()):
+                    if value is wrapper.__wrapped__:  # type: ignore[union-attr]
+                        setattr(module, key, wrapper)
+
+
+def _targets() -> list[tuple[str, ModuleType]]:
+    return sorted((n, m) for n, m in list(sys.modules.items()) if is_target(n) and isinstance(m, ModuleType))
 
 
 def enable() -> None:
@@ -146,9 +274,8 @@ def enable() -> None:
     import _pycryptotensors_startup
 
     _pycryptotensors_startup.install()
-    for name in _pycryptotensors_startup.TARGETS:
-        if name in sys.modules:
-            patch_module(name, sys.modules[name])
+    for name, module in _targets():  # the package first: its submodules re-export its wrappers
+        patch_module(name, module)
 
 
 def disable() -> None:
@@ -156,12 +283,10 @@ def disable() -> None:
     import _pycryptotensors_startup
 
     _pycryptotensors_startup.uninstall()
-    for name in _pycryptotensors_startup.TARGETS:
-        module = sys.modules.get(name)
-        for attribute in PATCHED:
-            current = getattr(module, attribute, None) if module is not None else None
-            if getattr(current, "__pycryptotensors__", False):
-                setattr(module, attribute, current.__wrapped__)  # type: ignore[union-attr]
+    for _, module in _targets():
+        for attribute, value in list(vars(module).items()):
+            if callable(value) and getattr(value, "__pycryptotensors__", False):
+                setattr(module, attribute, value.__wrapped__)
 
 
 def is_enabled() -> bool:

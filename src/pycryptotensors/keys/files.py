@@ -1,4 +1,4 @@
-"""Key files: JWK or JWK Set documents on disk. Written RFC 7517, private keys with mode 0600."""
+"""Key files: JWK or JWK Set documents on disk. Written RFC 7517, private keys (and tokens) with mode 0600."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import KeyFormatError
+from ..writing.sinks import write_atomic
 from .jwk import MasterKey, SigningKey, VerifyKey, parse_jwk
 
 AnyKey = MasterKey | SigningKey | VerifyKey
@@ -44,21 +45,17 @@ def read_key_dir(directory: str | os.PathLike[str]) -> list[AnyKey]:
     return keys
 
 
+def write_secret_file(path: str | os.PathLike[str], text: str, mode: int = 0o600) -> None:
+    """The one writer of key and token files: exactly ``mode`` (0600 by default) whatever the umask or the
+    mode of a file it replaces, created ``O_EXCL|O_NOFOLLOW`` under a random temporary name, synced, then
+    renamed into place, so a symbolic link planted at ``path`` is replaced, never written through."""
+    write_atomic(path, text.encode("utf-8"), mode)
+
+
 def write_key_file(path: str | os.PathLike[str], keys: AnyKey | Iterable[AnyKey], dialect: str = "rfc") -> None:
     """Write one key (a JWK) or several (a JWK Set), atomically; 0600 when any private part is included."""
     items = [keys] if isinstance(keys, MasterKey | SigningKey | VerifyKey) else list(keys)
     jwks = [k.to_jwk(dialect) for k in items]
     document = jwks[0] if len(jwks) == 1 else {"keys": jwks}
     secret = any(not isinstance(k, VerifyKey) for k in items)
-    target = Path(path)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if secret else 0o644)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            json.dump(document, out, indent=2)
-            out.write("\n")
-        os.chmod(tmp, 0o600 if secret else 0o644)  # the umask must not widen a private key's mode
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_secret_file(path, json.dumps(document, indent=2) + "\n", 0o600 if secret else 0o644)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 from urllib.parse import unquote, urlparse
 
 from ..format.crypto_header import CryptoHeader, KeySlot
@@ -59,15 +59,24 @@ class ProvidedKeys:
     data_keys: Mapping[str, bytes] | None = None
 
 
+@runtime_checkable
 class KeyProvider(Protocol):
-    """A plugin that supplies keys for a file, or None when it has nothing to say about it.
-
-    A provider may also define ``vouch(request) -> VerifyKey | None``: the publisher's key alone, which is all
-    an open needs to verify the header. Without it, an open that has no verification key of its own asks
-    ``provide``, so a file opened only for its metadata would cost a key release.
-    """
+    """A plugin that supplies keys for a file (a master key, or its data keys already unwrapped), or None when
+    it has nothing to say about it."""
 
     def provide(self, request: KeyRequest) -> ProvidedKeys | None: ...
+
+
+@runtime_checkable
+class PublisherVoucher(Protocol):
+    """A provider that can also vouch for a file's publisher alone: ``vouch(request)`` answers the publisher's
+    verification key (or None), which is all an open needs to verify the header. A provider without it is
+    asked ``provide`` at open, so a file opened only for its metadata would cost a key release."""
+
+    def vouch(self, request: KeyRequest) -> VerifyKey | None: ...
+
+
+DataKeyProvider = KeyProvider  # the name the key service documentation uses for the first interface
 
 
 @cache
@@ -156,6 +165,12 @@ class KeySources:
         if len(explicit) == 1:
             return explicit
         return every if slot.kid is None or trust.signers else []
+
+    def kids(self, slot: KeySlot, master: bool) -> list[str]:
+        """The key ids of the keys of one kind that were tried for ``slot`` (never key material), for errors."""
+        rings = self._rings(slot)
+        keys: list[Any] = [k for r in rings for k in (r.master_keys if master else r.public_keys())]
+        return sorted({k.kid or "(no kid)" for k in keys})
 
     def describe(self) -> str:
         """Where we looked, for error messages (no key material)."""

@@ -2,9 +2,10 @@
 
 Confidential-computing attestation services (Azure Attestation, Intel Trust Authority, ...) hand a workload
 a signed JWT whose claims describe the TEE (type, measurement, debug flag). The key service verifies the
-signature against the issuer's configured JWKS, the issuer, the audience and the expiry, and hands the
-claims to the remote policy as ``input.attestation``. The interface is one method, so other evidence
-formats can be added without touching the release logic.
+signature against the issuer's configured JWKS, the issuer, the audience (required) and the expiry; the
+service then checks that the token's nonce claim binds this very request (protocol.binding) and hands the
+claims to the remote policy as ``input.attestation``. The interface is one method, so other evidence formats
+can be added without touching the release logic.
 """
 
 from __future__ import annotations
@@ -16,16 +17,18 @@ from typing import Any, Protocol
 
 import jwt
 
-from ..errors import KeyServiceDeniedError
+from .refusal import ServiceError
 
 ALGORITHMS = ["ES256", "ES384", "RS256", "PS256", "EdDSA"]
 
 
-class AttestationError(KeyServiceDeniedError):
+class AttestationError(ServiceError):
     reason = "attestation_invalid"
 
 
 class AttestationVerifier(Protocol):
+    nonce_claim: str  # the claim that must equal the request's binding (see protocol.binding)
+
     def verify(self, evidence: str) -> dict[str, Any]:
         """The verified claims, or AttestationError."""
         ...
@@ -35,12 +38,21 @@ class AttestationVerifier(Protocol):
 class JwtAttestationVerifier:
     issuer: str
     jwks: dict[str, Any]  # the attestation service's public keys (a JWK Set)
-    audience: str | None = None
+    audience: str  # required: a token minted for another relying party must not be accepted here
     leeway: float = 30.0
+    nonce_claim: str = "nonce"
+
+    def __post_init__(self) -> None:
+        if not self.issuer or not self.audience:
+            raise ValueError(
+                "attestation needs an issuer and an audience (--attestation-issuer, --attestation-audience)"
+            )
 
     @classmethod
-    def from_files(cls, issuer: str, jwks_path: str, audience: str | None = None) -> JwtAttestationVerifier:
-        return cls(issuer, json.loads(Path(jwks_path).read_text(encoding="utf-8")), audience)
+    def from_files(
+        cls, issuer: str, jwks_path: str, audience: str, nonce_claim: str = "nonce"
+    ) -> JwtAttestationVerifier:
+        return cls(issuer, json.loads(Path(jwks_path).read_text(encoding="utf-8")), audience, nonce_claim=nonce_claim)
 
     def verify(self, evidence: str) -> dict[str, Any]:
         try:
@@ -66,7 +78,7 @@ class JwtAttestationVerifier:
                     issuer=self.issuer,
                     audience=self.audience,
                     leeway=self.leeway,
-                    options={"require": ["exp", "iat", "iss"], "verify_aud": self.audience is not None},
+                    options={"require": ["exp", "iat", "iss", "aud"]},
                 )
             except jwt.InvalidSignatureError as error:
                 last = error

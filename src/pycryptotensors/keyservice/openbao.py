@@ -9,8 +9,10 @@ see :func:`segment`)::
     principals/{principal}            hashes: every token hash ever issued to the principal (for revoke_tokens)
     grants/{id}                       principal, kid, not_after, max_uses, uses, revoked
     grants-by/{principal}/{kid}       ids: the grants of that (principal, kid), oldest first
-    admins/{sha256(token)}            created
+    admins/{sha256(token)}            name, created, revoked
+    admin-names/{name}                hashes: every admin token hash issued under that name (for revoke_admin)
     audit/{time_ns}-{random}          one AuditRecord each, written once (check-and-set 0), never changed
+    audit-agg/{sha256(key)}           name: the audit record counting failures of one (source, reason, minute)
 
 Master keys are stored as base64 in KV v2, not sealed by us: OpenBao encrypts all storage under its barrier key
 (unsealed only in the server's memory) and its ACL policies decide which tokens may read ``models/``. Give the
@@ -27,6 +29,7 @@ change, write with ``cas=version``; on a conflict re-read and retry, a bounded n
 from __future__ import annotations
 
 import base64
+import hashlib
 import random
 import re
 import secrets
@@ -42,7 +45,17 @@ import hvac.exceptions
 
 from ..cipher.aead import algorithm
 from ..keys.jwk import MasterKey, VerifyKey, parse_jwk
-from .store import AuditRecord, Grant, Model, new_token, token_hash
+from .store import (
+    TOKEN_ID_SIZE,
+    AdminInfo,
+    AuditRecord,
+    Grant,
+    Model,
+    ModelInfo,
+    TokenInfo,
+    new_token,
+    token_hash,
+)
 
 CAS_ATTEMPTS = 64  # a writer loses a round only when another one wins it, so this bounds waiting, not progress
 AUDIT_READERS = 8  # audit_log reads one secret per record: a few in parallel hide the round trips
@@ -169,11 +182,48 @@ class OpenBaoStore:
 
     # -- admins -----------------------------------------------------------------------------------------------
 
-    def set_admin(self, token: str) -> None:
-        self._update(self._path("admins", token_hash(token)), lambda data: None if data else {"created": time.time()})
+    def ping(self) -> None:
+        self._list(self.prefix)
 
-    def check_admin(self, token: str) -> bool:
-        return self._read(self._path("admins", token_hash(token)))[0] is not None
+    def set_admin(self, token: str, name: str = "admin") -> None:
+        digest = token_hash(token)
+        self._append(self._path("admin-names", segment(name)), "hashes", digest)
+        record = {"name": name, "created": time.time(), "revoked": None}
+        self._update(self._path("admins", digest), lambda data: None if data else record)
+
+    def check_admin(self, token: str) -> str | None:
+        data = self._read(self._path("admins", token_hash(token)))[0]
+        if data is None or data.get("revoked") is not None:
+            return None
+        return str(data.get("name", "admin"))  # records of the first release carry no name
+
+    def revoke_admin(self, name: str) -> int:
+        index, _ = self._read(self._path("admin-names", segment(name)))
+        now = time.time()
+
+        def revoke(data: Record | None) -> Record | None:
+            return None if data is None or data.get("revoked") is not None else {**data, "revoked": now}
+
+        return sum(self._update(self._path("admins", digest), revoke) for digest in (index or {}).get("hashes", []))
+
+    def list_admins(self) -> list[AdminInfo]:
+        found = self._read_all("admins")
+        return sorted(
+            (
+                AdminInfo(
+                    digest[:TOKEN_ID_SIZE], str(d.get("name", "admin")), float(d.get("created", 0)), d.get("revoked")
+                )
+                for digest, d in found
+            ),
+            key=lambda a: a.created,
+        )
+
+    def _read_all(self, folder: str) -> list[tuple[str, Record]]:
+        """Every record directly under ``folder`` (names without a trailing /), read a few at a time."""
+        names = [n for n in self._list(self._path(folder)) if not n.endswith("/")]
+        with ThreadPoolExecutor(max_workers=AUDIT_READERS) as pool:
+            found = list(pool.map(lambda name: self._read(self._path(folder, name))[0], names))
+        return [(name, data) for name, data in zip(names, found, strict=True) if data is not None]
 
     # -- models -----------------------------------------------------------------------------------------------
 
@@ -202,6 +252,13 @@ class OpenBaoStore:
         except (KeyError, TypeError, ValueError) as error:  # KeyFormatError and UnsupportedError are ValueErrors
             raise OpenBaoError(f"OpenBao {self.url}: {path} is not a valid model record ({error})") from None
 
+    def list_models(self) -> list[ModelInfo]:
+        found = self._read_all("models")
+        return sorted(
+            (ModelInfo(str(d["kid"]), str(d["model_id"]), float(d.get("created", 0))) for _, d in found),
+            key=lambda m: m.kid,
+        )
+
     # -- client tokens ----------------------------------------------------------------------------------------
 
     def add_token(self, principal: str) -> str:
@@ -227,6 +284,34 @@ class OpenBaoStore:
             return None if data is None or data.get("revoked") is not None else {**data, "revoked": now}
 
         return sum(self._update(self._path("tokens", digest), revoke) for digest in (index or {}).get("hashes", []))
+
+    def revoke_token(self, token_id: str) -> str | None:
+        if len(token_id) != TOKEN_ID_SIZE or not all(c in "0123456789abcdef" for c in token_id):
+            return None
+        digest = next((n for n in self._list(self._path("tokens")) if n.startswith(token_id)), None)
+        if digest is None:
+            return None
+        now = time.time()
+        revoked: list[str] = []
+
+        def revoke(data: Record | None) -> Record | None:
+            if data is None or data.get("revoked") is not None:
+                return None
+            revoked.append(str(data["principal"]))
+            return {**data, "revoked": now}
+
+        self._update(self._path("tokens", digest), revoke)
+        return revoked[-1] if revoked else None
+
+    def list_tokens(self) -> list[TokenInfo]:
+        found = self._read_all("tokens")
+        return sorted(
+            (
+                TokenInfo(digest[:TOKEN_ID_SIZE], str(d["principal"]), float(d["created"]), d.get("revoked"))
+                for digest, d in found
+            ),
+            key=lambda t: t.created,
+        )
 
     # -- grants -----------------------------------------------------------------------------------------------
 
@@ -259,6 +344,13 @@ class OpenBaoStore:
                 grants.append(self._grant(grant_id, data))
         return grants
 
+    def get_grant(self, grant_id: str) -> Grant | None:
+        data, _ = self._read(self._path("grants", segment(grant_id)))
+        return None if data is None else self._grant(grant_id, data)
+
+    def list_grants(self) -> list[Grant]:
+        return [self._grant(grant_id, data) for grant_id, data in self._read_all("grants")]
+
     def revoke_grant(self, grant_id: str) -> bool:
         now = time.time()
         return self._update(
@@ -279,19 +371,59 @@ class OpenBaoStore:
 
     # -- audit ------------------------------------------------------------------------------------------------
 
-    def audit(self, record: AuditRecord) -> None:
+    def audit(self, record: AuditRecord, aggregate: str | None = None) -> None:
         """Append one record; the name sorts by write time (strictly increasing within this process) and the
-        random tail keeps names from two replicas apart. cas=0: an existing record is never overwritten."""
+        random tail keeps names from two replicas apart. cas=0: an existing record is never overwritten. An
+        aggregated record is found through ``audit-agg/{hash of its key}`` (written once, check-and-set 0) and
+        counted up with a check-and-set update, so that replicas share one row per key."""
+        if aggregate is None:
+            self._write(self._path("audit", self._audit_name()), asdict(record), cas=0)
+            return
+
+        def count(data: Record | None) -> Record:
+            if data is None:
+                return asdict(record)
+            return {**data, "count": int(data.get("count", 1)) + 1, "time": record.time}
+
+        index_path = self._path("audit-agg", hashlib.sha256(aggregate.encode()).hexdigest()[:32])
+        for _ in range(CAS_ATTEMPTS):
+            index, version = self._read(index_path)
+            if index is not None:
+                name = str(index["name"])
+            else:
+                name = self._audit_name()
+                try:
+                    self._write(index_path, {"name": name}, cas=version)
+                except _ConflictError:  # another replica made the row first: count on it
+                    continue
+            self._update(self._path("audit", name), count)
+            return
+        raise OpenBaoError(f"OpenBao {self.url}: {index_path} changed under us {CAS_ATTEMPTS} times in a row")
+
+    def _audit_name(self) -> str:
         with self._audit_lock:
             self._last_ns = max(time.time_ns(), self._last_ns + 1)
             stamp = self._last_ns
-        self._write(self._path("audit", f"{stamp:020d}-{secrets.token_hex(6)}"), asdict(record), cas=0)
+        return f"{stamp:020d}-{secrets.token_hex(6)}"
 
-    def audit_log(self, limit: int) -> list[AuditRecord]:
-        """The newest ``limit`` records, oldest first (across replicas, ordered by their clocks)."""
+    def audit_log(
+        self, limit: int, principal: str | None = None, kid: str | None = None, since: float | None = None
+    ) -> list[AuditRecord]:
+        """The newest ``limit`` matching records, oldest first (across replicas, ordered by their clocks)."""
         if limit <= 0:
             return []
-        names = sorted(self._list(self._path("audit")))[-limit:]
+        names = sorted(self._list(self._path("audit")), reverse=True)
+        if since is not None:  # names start with the time of their first write; aggregates count on for a minute
+            floor = int((since - 60) * 10**9)
+            names = [n for n in names if int(n.split("-", 1)[0]) >= floor]
+        picked: list[AuditRecord] = []
+        batch = limit if principal is None and kid is None else max(limit, 256)
         with ThreadPoolExecutor(max_workers=AUDIT_READERS) as pool:
-            found = list(pool.map(lambda name: self._read(self._path("audit", name))[0], names))
-        return [AuditRecord(**data) for data in found if data is not None]
+            for start in range(0, len(names), batch):
+                chunk = names[start : start + batch]
+                found = pool.map(lambda name: self._read(self._path("audit", name))[0], chunk)
+                records = [AuditRecord(**data) for data in found if data is not None]
+                picked += [r for r in records if r.matches(principal, kid, since)]
+                if len(picked) >= limit:
+                    break
+        return list(reversed(picked[:limit]))

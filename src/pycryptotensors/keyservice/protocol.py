@@ -52,6 +52,15 @@ def _info(header_bytes: bytes, ephemeral_public: bytes, nonce: bytes) -> bytes:
     return b"|".join([VERSION.encode(), hashlib.sha256(header_bytes).digest(), ephemeral_public, nonce])
 
 
+def binding(header_bytes: bytes, ephemeral_public: bytes, nonce: bytes) -> str:
+    """What attestation evidence must name to be good for one request only: base64url (no padding) of
+    SHA-256 over the HPKE info (version, header digest, ephemeral key, nonce). The client hands it to its
+    evidence callable, which asks the attestation service for a token whose ``nonce`` claim is this value; the
+    service refuses a token that names another request, so a captured token cannot be replayed."""
+    digest = hashlib.sha256(_info(header_bytes, ephemeral_public, nonce)).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
 def _raw_public(key: X25519PublicKey) -> bytes:
     return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
@@ -63,6 +72,10 @@ class ReleaseRequest:
     nonce: bytes
     claims: dict[str, Any]
     attestation: str | None = None
+
+    @property
+    def binding(self) -> str:
+        return binding(self.header_bytes, self.ephemeral_public, self.nonce)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -106,6 +119,9 @@ class Ephemeral:
         self._private = X25519PrivateKey.generate()
         self.public = _raw_public(self._private.public_key())
         self.nonce = os.urandom(NONCE_SIZE)
+
+    def binding(self, header_bytes: bytes) -> str:
+        return binding(header_bytes, self.public, self.nonce)
 
     def request(self, header_bytes: bytes, claims: dict[str, Any], attestation: str | None) -> ReleaseRequest:
         return ReleaseRequest(header_bytes, self.public, self.nonce, claims, attestation)

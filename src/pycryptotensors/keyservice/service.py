@@ -1,11 +1,15 @@
 """Release decisions, independent of HTTP: who asks, for which file, and whether the keys go out.
 
 Order, every step refusing with a reason code and an audit record:
-authenticate the client token -> validate the header -> find the registered model by key id -> verify the
-header signature against the publisher key registered for it (never one the client sends) -> find a usable
-grant -> verify attestation evidence, if any -> evaluate the file's ``remote`` policy -> count the grant use
-(atomically) -> unwrap the data keys and seal them to the client's ephemeral key. The master key never leaves.
-A publisher-key request runs the steps up to the grant check and answers with the registered public key.
+authenticate the client token (before the body is read, by the HTTP layer) -> validate the request and header
+-> find the principal's grants for the header's key id (none: ``no_grant``, whether or not the key id is
+registered, so a client cannot tell registered key ids from unknown ones) -> find the registered model ->
+verify the header signature against the publisher key registered for it (never one the client sends) -> find
+a usable grant -> verify attestation evidence, if any, and that it binds this request -> evaluate the file's
+``remote`` policy -> count the grant use (atomically) -> unwrap the data keys and seal them to the client's
+ephemeral key. The master key never leaves. A publisher-key request runs the steps up to the grant check and
+answers with the registered public key. Failures before authentication are audited as one counted row per
+source, action, reason and minute, so they cannot flood the log. HTTP statuses are the app's business.
 """
 
 from __future__ import annotations
@@ -24,21 +28,11 @@ from ..format.signing import verify_header
 from ..policy.rego import evaluate_policy
 from .attestation import AttestationError, AttestationVerifier
 from .protocol import ReleaseRequest, b64e, header_digest, publisher_request_header, seal
+from .refusal import RefusedError
 from .store import AuditRecord, Grant, Model, Store
 
-HTTP_STATUS = {"unauthorized": 401, "bad_request": 400, "server_error": 500}
-
-
-class RefusedError(Exception):
-    """A release refused: ``reason`` is a stable code clients map to one clear error."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason, self.message = reason, message
-
-    @property
-    def status(self) -> int:
-        return HTTP_STATUS.get(self.reason, 403)
+__all__ = ["Context", "RefusedError", "ReleaseService"]
+AGGREGATE_WINDOW = 60.0  # seconds: failures before authentication are counted per source, reason and window
 
 
 @dataclass
@@ -58,59 +52,84 @@ class ReleaseService:
     attestation: AttestationVerifier | None = None
     clock: Callable[[], float] = field(default=time.time)
 
-    def _audit(self, ctx: Context, decision: str, reason: str) -> None:
+    def _audit(self, ctx: Context, decision: str, reason: str, action: str = "release") -> None:
         self.store.audit(
             AuditRecord(
-                self.clock(), ctx.principal, ctx.kid, ctx.model_id, ctx.header_sha256, decision, reason, ctx.client
+                self.clock(),
+                ctx.principal,
+                ctx.kid,
+                ctx.model_id,
+                ctx.header_sha256,
+                decision,
+                reason,
+                ctx.client,
+                action,
+                ctx.principal,
             )
         )
 
-    def release(self, token: str | None, body: Any, client: str | None = None) -> dict[str, Any]:
+    def refused_early(
+        self, client: str | None, action: str, reason: str, message: str, actor: str | None = None
+    ) -> RefusedError:
+        """A refusal before the request could be read (no or a bad token, a body too large or too deep, too
+        many failures): audited as one counted row per source, actor, action, reason and minute."""
+        now = self.clock()
+        window = int(now // AGGREGATE_WINDOW)
+        self.store.audit(
+            AuditRecord(now, None, None, None, None, "deny", f"{reason}: {message}", client, action, actor),
+            aggregate=f"{window}|{client}|{actor}|{action}|{reason}",
+        )
+        return RefusedError(reason, message)
+
+    def authenticate(self, token: str | None, client: str | None, action: str) -> str:
+        """The principal holding this client token, or a refusal (audited, aggregated)."""
+        principal = self.store.principal_for(token) if token else None
+        if principal is None:
+            raise self.refused_early(
+                client, action, "unauthorized", "no valid client token (missing, unknown or revoked)"
+            )
+        return principal
+
+    def release(self, principal: str, body: Any, client: str | None = None) -> dict[str, Any]:
         """The data keys of a file, sealed to the client's ephemeral key; every decision is audited."""
-        ctx = Context(client)
-        result = self._decided(ctx, lambda: self._release(token, body, ctx))
+        ctx = Context(client, principal)
+        result = self._decided(ctx, lambda: self._release(principal, body, ctx), "release")
         self._audit(ctx, "allow", "released")
         return result
 
-    def publisher_key(self, token: str | None, body: Any, client: str | None = None) -> dict[str, Any]:
+    def publisher_key(self, principal: str, body: Any, client: str | None = None) -> dict[str, Any]:
         """The registered publisher key that verifies a header, for a client holding a usable grant for it.
 
         Public, and no grant use is spent: a consumer that opens a file only to read its metadata costs no
         release. Refusals are audited; answers are not (they hand out nothing secret)."""
-        ctx = Context(client)
+        ctx = Context(client, principal)
 
         def answer() -> dict[str, Any]:
-            principal = self._principal(token, ctx)
             try:
                 header_bytes = publisher_request_header(body)
             except CryptoTensorsError as error:
                 raise RefusedError("bad_request", f"invalid request: {error}") from None
-            model, _ = self._registered(header_bytes, ctx)
-            self._usable_grant(principal, model.kid, self.clock())
+            model, _, grants = self._registered(principal, header_bytes, ctx)
+            self._usable_grant(principal, model.kid, grants, self.clock())
             return {"kid": model.kid, "publisher_key": model.publisher.to_jwk()}
 
-        return self._decided(ctx, answer)
+        return self._decided(ctx, answer, "publisher-key")
 
-    def _decided(self, ctx: Context, decide: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    def _decided(self, ctx: Context, decide: Callable[[], dict[str, Any]], action: str) -> dict[str, Any]:
         """Run a decision; a refusal (or a failure, which is refused with no detail) is audited and raised."""
         try:
             return decide()
         except RefusedError as refusal:
-            self._audit(ctx, "deny", f"{refusal.reason}: {refusal.message}")
+            self._audit(ctx, "deny", f"{refusal.reason}: {refusal.message}", action)
             raise
         except Exception as error:  # a bug or a back-end failure: still audited, and no detail to the client
-            self._audit(ctx, "deny", f"server_error: {type(error).__name__}")
+            self._audit(ctx, "deny", f"server_error: {type(error).__name__}", action)
             raise RefusedError("server_error", "internal error") from error
 
-    def _principal(self, token: str | None, ctx: Context) -> str:
-        principal = self.store.principal_for(token) if token else None
-        if principal is None:
-            raise RefusedError("unauthorized", "no valid client token (missing, unknown or revoked)")
-        ctx.principal = principal
-        return principal
-
-    def _registered(self, header_bytes: bytes, ctx: Context) -> tuple[Model, CryptoHeader]:
-        """The registered model whose publisher signed this header (never a key the client sends)."""
+    def _registered(self, principal: str, header_bytes: bytes, ctx: Context) -> tuple[Model, CryptoHeader, list[Grant]]:
+        """The registered model whose publisher signed this header (never a key the client sends), and the
+        principal's grants for it. Without a grant the answer is ``no_grant`` whether or not the key id is
+        registered: a client learns nothing about key ids it was not granted."""
         ctx.header_sha256 = header_digest(header_bytes)
         try:
             header = parse_header(header_bytes, PREFIX_SIZE + len(header_bytes), None)
@@ -120,6 +139,9 @@ class ReleaseService:
         if crypto is None:
             raise RefusedError("bad_request", "the header is not an encrypted CryptoTensors header")
         ctx.kid = crypto.enc.kid
+        grants = self.store.grants_for(principal, crypto.enc.kid) if crypto.enc.kid else []
+        if not grants:
+            raise RefusedError("no_grant", f"{principal} has no grant for key id {crypto.enc.kid!r}")
         model = self.store.get_model(crypto.enc.kid) if crypto.enc.kid else None
         if model is None:
             raise RefusedError("unknown_key", f"no model is registered for key id {crypto.enc.kid!r}")
@@ -130,26 +152,18 @@ class ReleaseService:
             raise RefusedError(
                 "bad_signature", "the header does not verify under the registered publisher key"
             ) from None
-        return model, crypto
+        return model, crypto, grants
 
-    def _release(self, token: str | None, body: Any, ctx: Context) -> dict[str, Any]:
-        principal = self._principal(token, ctx)
+    def _release(self, principal: str, body: Any, ctx: Context) -> dict[str, Any]:
         try:
             request = ReleaseRequest.from_json(body)
         except CryptoTensorsError as error:
             raise RefusedError("bad_request", f"invalid request or header: {error}") from None
-        model, crypto = self._registered(request.header_bytes, ctx)
+        model, crypto, grants = self._registered(principal, request.header_bytes, ctx)
 
         now = self.clock()
-        grant = self._usable_grant(principal, model.kid, now)
-        attested = None
-        if request.attestation is not None:
-            if self.attestation is None:
-                raise RefusedError("attestation_invalid", "this service verifies no attestation evidence")
-            try:
-                attested = self.attestation.verify(request.attestation)
-            except AttestationError as error:
-                raise RefusedError("attestation_invalid", str(error)) from None
+        grant = self._usable_grant(principal, model.kid, grants, now)
+        attested = self._attested(request)
         document = self._policy_input(principal, request, attested, model.kid, model.model_id, crypto, grant, now)
         decision = evaluate_policy(crypto.policy_remote, document)
         if not decision.allowed:
@@ -168,10 +182,28 @@ class ReleaseService:
         }
         return {"sealed": b64e(seal(payload, request)), "kid": model.kid}
 
-    def _usable_grant(self, principal: str, kid: str, now: float) -> Grant:
-        grants = self.store.grants_for(principal, kid)
-        if not grants:
-            raise RefusedError("no_grant", f"{principal} has no grant for key id {kid!r}")
+    def _attested(self, request: ReleaseRequest) -> dict[str, Any] | None:
+        """The verified claims of the request's attestation evidence, which must bind this very request (its
+        header, ephemeral key and nonce): a token captured from another request is refused."""
+        if request.attestation is None:
+            return None
+        if self.attestation is None:
+            raise RefusedError("attestation_invalid", "this service verifies no attestation evidence")
+        try:
+            claims = self.attestation.verify(request.attestation)
+        except AttestationError as error:
+            raise RefusedError("attestation_invalid", str(error)) from None
+        claim = self.attestation.nonce_claim
+        if claims.get(claim) != request.binding:
+            raise RefusedError(
+                "attestation_invalid",
+                f"the attestation token's {claim!r} claim does not bind this request (a replayed or stale token; "
+                "the client must ask for evidence naming the binding it is given)",
+            )
+        return claims
+
+    @staticmethod
+    def _usable_grant(principal: str, kid: str, grants: list[Grant], now: float) -> Grant:
         refusals = []
         for grant in grants:
             why = grant.refusal(now)
@@ -208,5 +240,9 @@ class ReleaseService:
             },
             "grant": {"id": grant.id, "uses": grant.uses, "max_uses": grant.max_uses, "not_after": grant.not_after},
             # What this request is bound to: a policy can require attestation evidence to carry one of them.
-            "request": {"nonce": b64e(request.nonce), "ephemeral_key": b64e(request.ephemeral_public)},
+            "request": {
+                "nonce": b64e(request.nonce),
+                "ephemeral_key": b64e(request.ephemeral_public),
+                "binding": request.binding,
+            },
         }

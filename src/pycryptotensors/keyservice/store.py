@@ -12,7 +12,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -64,6 +64,12 @@ class Grant:
 
 @dataclass(frozen=True)
 class AuditRecord:
+    """One audit row. ``action`` says what was asked (``release``, ``publisher-key``, ``register``, ``replace``,
+    ``token.create``, ``token.revoke``, ``grant.create``, ``grant.revoke``, ``admin.create``, ``admin.rotate``,
+    ``admin.revoke``, ``request``); ``actor`` who asked (a principal, an admin's name, or None before
+    authentication); ``target`` what it concerned (a principal, a grant id, an admin's name). ``count`` is above 1
+    only on an aggregated row: failures before authentication are counted per source, reason and minute."""
+
     time: float
     principal: str | None
     kid: str | None
@@ -72,22 +78,106 @@ class AuditRecord:
     decision: str  # "allow" or "deny"
     reason: str
     client: str | None
+    action: str = "release"
+    actor: str | None = None
+    target: str | None = None
+    count: int = 1
+
+    def matches(self, principal: str | None, kid: str | None, since: float | None) -> bool:
+        """The audit filters: a principal matches as the client, the actor or the target of a record."""
+        return (
+            (principal is None or principal in (self.principal, self.actor, self.target))
+            and (kid is None or self.kid == kid)
+            and (since is None or self.time >= since)
+        )
 
 
-class Store(Protocol):
+@dataclass(frozen=True)
+class ModelInfo:
+    kid: str
+    model_id: str
+    created: float
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    """A client token as listed: its id (a prefix of its hash, enough to revoke it), never the token."""
+
+    id: str
+    principal: str
+    created: float
+    revoked: float | None
+
+
+@dataclass(frozen=True)
+class AdminInfo:
+    id: str
+    name: str
+    created: float
+    revoked: float | None
+
+
+TOKEN_ID_SIZE = 16  # hex digits of the token hash that name a token (64 bits: unique in practice, and not a secret)
+
+
+def token_id(token: str) -> str:
+    return token_hash(token)[:TOKEN_ID_SIZE]
+
+
+class ModelStore(Protocol):
     def put_model(self, model: Model) -> None: ...
     def get_model(self, kid: str) -> Model | None: ...
+    def list_models(self) -> list[ModelInfo]: ...
+
+
+class TokenStore(Protocol):
     def add_token(self, principal: str) -> str: ...
     def principal_for(self, token: str) -> str | None: ...
     def revoke_tokens(self, principal: str) -> int: ...
+    def revoke_token(self, token_id: str) -> str | None:
+        """Revoke one token by its id; the principal it belonged to, or None when no active token has it."""
+        ...
+
+    def list_tokens(self) -> list[TokenInfo]: ...
+
+
+class GrantStore(Protocol):
     def add_grant(self, principal: str, kid: str, not_after: float | None, max_uses: int | None) -> Grant: ...
     def grants_for(self, principal: str, kid: str) -> list[Grant]: ...
+    def get_grant(self, grant_id: str) -> Grant | None: ...
+    def list_grants(self) -> list[Grant]: ...
     def revoke_grant(self, grant_id: str) -> bool: ...
     def consume_grant(self, grant_id: str, now: float) -> bool: ...
-    def set_admin(self, token: str) -> None: ...
-    def check_admin(self, token: str) -> bool: ...
-    def audit(self, record: AuditRecord) -> None: ...
-    def audit_log(self, limit: int) -> list[AuditRecord]: ...
+
+
+class AdminStore(Protocol):
+    def set_admin(self, token: str, name: str = "admin") -> None: ...
+    def check_admin(self, token: str) -> str | None:
+        """The name of the active admin holding this token, or None."""
+        ...
+
+    def revoke_admin(self, name: str) -> int:
+        """Revoke every active token of the named admin; how many."""
+        ...
+
+    def list_admins(self) -> list[AdminInfo]: ...
+
+
+class AuditStore(Protocol):
+    def audit(self, record: AuditRecord, aggregate: str | None = None) -> None:
+        """Append a record; with ``aggregate``, add one to the count of the row with that key instead (made by
+        the first record with it). Nothing else ever changes or removes a record."""
+        ...
+
+    def audit_log(
+        self, limit: int, principal: str | None = None, kid: str | None = None, since: float | None = None
+    ) -> list[AuditRecord]: ...
+
+
+class Store(ModelStore, TokenStore, GrantStore, AdminStore, AuditStore, Protocol):
+    """Everything the service keeps. ``ping`` raises when the back end cannot answer (``/readyz``)."""
+
+    def ping(self) -> None: ...
 
 
 class RootKey:
@@ -123,21 +213,53 @@ CREATE TABLE IF NOT EXISTS tokens (hash TEXT PRIMARY KEY, principal TEXT NOT NUL
 CREATE TABLE IF NOT EXISTS grants (id TEXT PRIMARY KEY, principal TEXT NOT NULL, kid TEXT NOT NULL,
     not_after REAL, max_uses INTEGER, uses INTEGER NOT NULL DEFAULT 0, revoked REAL);
 CREATE TABLE IF NOT EXISTS admins (hash TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS admin_tokens (hash TEXT PRIMARY KEY, name TEXT NOT NULL, created REAL NOT NULL,
+    revoked REAL);
 CREATE TABLE IF NOT EXISTS audit (id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, principal TEXT,
     kid TEXT, model_id TEXT, header_sha256 TEXT, decision TEXT NOT NULL, reason TEXT NOT NULL, client TEXT);
 CREATE INDEX IF NOT EXISTS grants_by_principal ON grants (principal, kid);
 """
+# Columns added after the first release: an existing database gains them on start.
+_AUDIT_COLUMNS = {
+    "action": "TEXT NOT NULL DEFAULT 'release'",
+    "actor": "TEXT",
+    "target": "TEXT",
+    "count": "INTEGER NOT NULL DEFAULT 1",
+    "aggregate": "TEXT",
+}
+_AUDIT_FIELDS = "time, principal, kid, model_id, header_sha256, decision, reason, client, action, actor, target, count"
+_GRANT_FIELDS = "id, principal, kid, not_after, max_uses, uses, revoked"
+
+
+def private_file(path: str | os.PathLike[str]) -> None:
+    """Create ``path`` 0600 if it does not exist, and make it 0600 if it does (a database made by an older
+    version, or under a loose umask, must not stay readable by other users)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    os.close(fd)
+    os.chmod(path, 0o600)
 
 
 class SqliteStore:
-    """One SQLite file (WAL mode), one connection per thread; grant use counting is a single atomic UPDATE."""
+    """One SQLite file (WAL mode, 0600), one connection per thread; grant use counting is one atomic UPDATE."""
 
     def __init__(self, path: str | os.PathLike[str], root_key: RootKey) -> None:
         self.path = os.fspath(path)
         self.root_key = root_key
         self._local = threading.local()
-        with self._db() as db:
-            db.executescript(_SCHEMA)
+        private_file(self.path)
+        for suffix in ("-wal", "-shm"):  # SQLite gives these the database's mode when it makes them
+            if os.path.exists(self.path + suffix):
+                os.chmod(self.path + suffix, 0o600)
+        db = self._db()
+        db.executescript(_SCHEMA)
+        present = {row[1] for row in db.execute("PRAGMA table_info(audit)")}
+        for column, kind in _AUDIT_COLUMNS.items():
+            if column not in present:
+                db.execute(f"ALTER TABLE audit ADD COLUMN {column} {kind}")
+        db.execute("CREATE UNIQUE INDEX IF NOT EXISTS audit_aggregate ON audit (aggregate)")
+        # admin tokens of the first release (no name): they become the bootstrap admin's
+        db.execute("INSERT OR IGNORE INTO admin_tokens SELECT hash, 'admin', 0, NULL FROM admins")
+        db.execute("DELETE FROM admins")
 
     def _db(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
@@ -148,12 +270,35 @@ class SqliteStore:
             self._local.db = db
         return db
 
-    def set_admin(self, token: str) -> None:
-        self._db().execute("INSERT OR IGNORE INTO admins (hash) VALUES (?)", (token_hash(token),))
+    def ping(self) -> None:
+        self._db().execute("SELECT 1 FROM models LIMIT 1").fetchall()
 
-    def check_admin(self, token: str) -> bool:
-        row = self._db().execute("SELECT 1 FROM admins WHERE hash = ?", (token_hash(token),)).fetchone()
-        return row is not None
+    # -- admins
+
+    def set_admin(self, token: str, name: str = "admin") -> None:
+        self._db().execute(
+            "INSERT OR IGNORE INTO admin_tokens VALUES (?, ?, ?, NULL)", (token_hash(token), name, time.time())
+        )
+
+    def check_admin(self, token: str) -> str | None:
+        row = (
+            self._db()
+            .execute("SELECT name FROM admin_tokens WHERE hash = ? AND revoked IS NULL", (token_hash(token),))
+            .fetchone()
+        )
+        return row[0] if row else None
+
+    def revoke_admin(self, name: str) -> int:
+        cursor = self._db().execute(
+            "UPDATE admin_tokens SET revoked = ? WHERE name = ? AND revoked IS NULL", (time.time(), name)
+        )
+        return cursor.rowcount
+
+    def list_admins(self) -> list[AdminInfo]:
+        rows = self._db().execute("SELECT hash, name, created, revoked FROM admin_tokens ORDER BY created").fetchall()
+        return [AdminInfo(h[:TOKEN_ID_SIZE], name, created, revoked) for h, name, created, revoked in rows]
+
+    # -- models
 
     def put_model(self, model: Model) -> None:
         sealed = self.root_key.seal(model.kid, model.master_key.secret)
@@ -182,6 +327,12 @@ class SqliteStore:
         master = MasterKey(self.root_key.open(kid, sealed), chosen, kid)
         return Model(kid, model_id, master, parse_jwk(_loads(publisher)))  # type: ignore[arg-type]
 
+    def list_models(self) -> list[ModelInfo]:
+        rows = self._db().execute("SELECT kid, model_id, created FROM models ORDER BY kid").fetchall()
+        return [ModelInfo(*row) for row in rows]
+
+    # -- client tokens
+
     def add_token(self, principal: str) -> str:
         token = new_token()
         self._db().execute("INSERT INTO tokens VALUES (?, ?, ?, NULL)", (token_hash(token), principal, time.time()))
@@ -201,6 +352,25 @@ class SqliteStore:
         )
         return cursor.rowcount
 
+    def revoke_token(self, token_id: str) -> str | None:
+        if len(token_id) != TOKEN_ID_SIZE:
+            return None
+        db = self._db()
+        row = db.execute(
+            "SELECT hash, principal FROM tokens WHERE substr(hash, 1, ?) = ? AND revoked IS NULL",
+            (TOKEN_ID_SIZE, token_id),
+        ).fetchone()
+        if row is None:
+            return None
+        db.execute("UPDATE tokens SET revoked = ? WHERE hash = ? AND revoked IS NULL", (time.time(), row[0]))
+        return row[1]
+
+    def list_tokens(self) -> list[TokenInfo]:
+        rows = self._db().execute("SELECT hash, principal, created, revoked FROM tokens ORDER BY created").fetchall()
+        return [TokenInfo(h[:TOKEN_ID_SIZE], principal, created, revoked) for h, principal, created, revoked in rows]
+
+    # -- grants
+
     def add_grant(self, principal: str, kid: str, not_after: float | None, max_uses: int | None) -> Grant:
         grant = Grant(secrets.token_hex(8), principal, kid, not_after, max_uses, 0, False)
         self._db().execute(
@@ -208,17 +378,26 @@ class SqliteStore:
         )
         return grant
 
+    @staticmethod
+    def _grant(row: tuple) -> Grant:
+        return Grant(row[0], row[1], row[2], row[3], row[4], row[5], row[6] is not None)
+
     def grants_for(self, principal: str, kid: str) -> list[Grant]:
         rows = (
             self._db()
             .execute(
-                "SELECT id, principal, kid, not_after, max_uses, uses, revoked FROM grants"
-                " WHERE principal = ? AND kid = ?",
-                (principal, kid),
+                f"SELECT {_GRANT_FIELDS} FROM grants WHERE principal = ? AND kid = ? ORDER BY rowid", (principal, kid)
             )
             .fetchall()
         )
-        return [Grant(r[0], r[1], r[2], r[3], r[4], r[5], r[6] is not None) for r in rows]
+        return [self._grant(r) for r in rows]
+
+    def get_grant(self, grant_id: str) -> Grant | None:
+        row = self._db().execute(f"SELECT {_GRANT_FIELDS} FROM grants WHERE id = ?", (grant_id,)).fetchone()
+        return self._grant(row) if row else None
+
+    def list_grants(self) -> list[Grant]:
+        return [self._grant(r) for r in self._db().execute(f"SELECT {_GRANT_FIELDS} FROM grants ORDER BY rowid")]
 
     def revoke_grant(self, grant_id: str) -> bool:
         cursor = self._db().execute(
@@ -234,29 +413,34 @@ class SqliteStore:
         )
         return cursor.rowcount == 1
 
-    def audit(self, record: AuditRecord) -> None:
+    # -- audit
+
+    def audit(self, record: AuditRecord, aggregate: str | None = None) -> None:
+        values = astuple(record)
         self._db().execute(
-            "INSERT INTO audit (time, principal, kid, model_id, header_sha256, decision, reason, client)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                record.time,
-                record.principal,
-                record.kid,
-                record.model_id,
-                record.header_sha256,
-                record.decision,
-                record.reason,
-                record.client,
-            ),
+            f"INSERT INTO audit ({_AUDIT_FIELDS}, aggregate) VALUES ({', '.join('?' * (len(values) + 1))})"
+            " ON CONFLICT (aggregate) DO UPDATE SET count = count + 1, time = excluded.time",
+            (*values, aggregate),
         )
 
-    def audit_log(self, limit: int) -> list[AuditRecord]:
+    def audit_log(
+        self, limit: int, principal: str | None = None, kid: str | None = None, since: float | None = None
+    ) -> list[AuditRecord]:
+        where, params = ["1"], []  # type: ignore[var-annotated]
+        if principal is not None:
+            where.append("(principal = ? OR actor = ? OR target = ?)")
+            params += [principal] * 3
+        if kid is not None:
+            where.append("kid = ?")
+            params.append(kid)
+        if since is not None:
+            where.append("time >= ?")
+            params.append(since)
         rows = (
             self._db()
             .execute(
-                "SELECT time, principal, kid, model_id, header_sha256, decision, reason, client FROM audit"
-                " ORDER BY id DESC LIMIT ?",
-                (limit,),
+                f"SELECT {_AUDIT_FIELDS} FROM audit WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?",
+                (*params, max(limit, 0)),
             )
             .fetchall()
         )

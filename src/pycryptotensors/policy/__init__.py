@@ -1,4 +1,4 @@
-"""Access policy: the Rego modules a file carries, evaluated with regopy."""
+"""Access policy: the Rego modules a file carries, evaluated with regorus in a sandboxed helper process."""
 
 from .rego import PolicyDecision, check_policy, evaluate_policy, local_input
 

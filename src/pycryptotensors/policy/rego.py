@@ -1,109 +1,117 @@
-"""Evaluating a file's Rego policy with regopy, defensively.
+"""A file's Rego policy: the decision, and the fixed messages that explain it.
 
-The query is ``x := data.model.allow`` and only the literal boolean ``true`` allows; false, undefined, a
-non-boolean, or any evaluation error denies. We read the result from regopy's JSON text rather than through
-``Output.binding``/``expressions``, which abort the whole process on an undefined result (a C++ exception
-regopy does not translate).
+The query is ``data.model.allow`` and only the literal boolean ``true`` allows; false, undefined, a
+non-boolean, an error, a timeout or a crashed engine deny. Evaluation runs in the sandboxed helper process
+(:mod:`.sandbox`, engine regorus), never in the caller. A denial's ``reason`` is one of the fixed sentences
+below plus source positions: it never contains a value the policy computed, so a policy cannot send the
+process's secrets (or anything else) out through an error message, a 403 response or an audit record.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import getpass
 import json
 import os
-import re
 import socket
 import sys
-import threading
 import time
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError
 from ..format.crypto_header import DEFAULT_POLICY
+from . import sandbox
 
-QUERY = "x := data.model.allow"
+V1_HINT = "write Rego v1: 'allow if { ... }' or 'allow := true', not 'allow { ... }' (see docs/POLICY.md)"
+
+_MESSAGES = {
+    "true": "data.model.allow is true",
+    "false": "data.model.allow is false",
+    "undefined": "data.model.allow is undefined for this input (no rule for allow succeeded and there is no "
+    "default); 'pycryptotensors policy explain FILE' shows why",
+    "non_boolean": "data.model.allow is not a boolean; only the literal true allows",
+    "compile_error": "the policy does not compile",
+    "rego_v0": f"the policy is written in Rego v0, which is not accepted; {V1_HINT}",
+    "eval_error": "the policy failed while evaluating",
+    "unavailable_builtin": "the policy calls builtins that are not available to model policies",
+    "timeout": "the policy did not finish within its time limit",
+    "crashed": "the policy engine stopped while evaluating this policy (memory or stack limit)",
+    "unavailable": "the policy engine could not be started",
+    "engine_missing": "the Rego engine is not installed (pip install gordon-to-regorus)",
+    "too_large": f"the policy is larger than {sandbox.MAX_POLICY_BYTES >> 10} KiB",
+    "no_package": "the policy must be a Rego module in 'package model' defining 'allow'",
+}
 
 
 @dataclass(frozen=True)
 class PolicyDecision:
+    """The verdict. ``reason`` is safe to show anyone; ``detail`` (diagnostics only) is the engine's own text."""
+
     allowed: bool
     reason: str
+    status: str = ""
+    detail: str = ""
+    report: dict[str, Any] = field(default_factory=dict)
 
 
-_REGO_LOCK = threading.Lock()
+def reason_for(status: str, reply: Mapping[str, Any]) -> str:
+    """The fixed sentence for ``status``, with positions and blocked builtin names checked from the reply."""
+    text = _MESSAGES.get(status, _MESSAGES["crashed"])
+    position = reply.get("position")
+    if isinstance(position, list) and len(position) == 2 and all(isinstance(n, int) for n in position):
+        text += f" (line {position[0]}, column {position[1]})"
+    if status == "unavailable_builtin":
+        names = [n for n in reply.get("builtins", []) if n in _UNAVAILABLE_NAMES]
+        text += f": {', '.join(names)}"
+    return text
 
 
-@contextlib.contextmanager
-def _quiet_rego() -> Iterator[None]:
-    """Serialise regopy calls and keep its error reports off stdout.
+_UNAVAILABLE_NAMES = ("opa.runtime", "http.send", "net.lookup_ip_addr")  # mirrors _worker.UNAVAILABLE
 
-    rego-cpp prints parse errors straight to file descriptor 1; they would corrupt a CLI's --json output or a
-    server's stdout. The report is still returned to us in the exception, which we turn into one line.
+
+def evaluate_policy(
+    policy: str,
+    input_document: Mapping[str, Any] | None = None,
+    *,
+    diagnostics: bool = False,
+    timeout: float = sandbox.TIMEOUT_SECONDS,
+) -> PolicyDecision:
+    """Decide whether ``data.model.allow`` is ``true`` for ``input_document``; never raises for any policy.
+
+    ``diagnostics`` adds the engine's message and line coverage (``detail``, ``report``): for a policy's
+    author at the command line, not for loaders or servers, whose callers must not see policy output.
     """
-    with _REGO_LOCK:
-        sys.stdout.flush()
-        saved = os.dup(1)
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        try:
-            os.dup2(devnull, 1)
-            yield
-        finally:
-            os.dup2(saved, 1)
-            os.close(saved)
-            os.close(devnull)
-
-
-def _one_line(error: BaseException) -> str:
-    """rego-cpp reports errors as an S-expression; keep the messages, in one line."""
-    text = str(error)
-    messages = list(dict.fromkeys(m.strip() for m in re.findall(r"errormsg \d+:([^)]*)\)", text)))
-    return "; ".join(messages) if messages else (text.strip().splitlines() or [type(error).__name__])[0]
-
-
-def _evaluate(policy: str, input_document: Mapping[str, Any] | None) -> str:
-    import regopy  # imported lazily: the default policy never needs it
-
-    with _quiet_rego():
-        interpreter = regopy.Interpreter()
-        interpreter.add_module("model", policy)
-        if input_document is not None:
-            interpreter.set_input_term(json.dumps(input_document, default=str))
-        return str(interpreter.query(QUERY))
-
-
-def evaluate_policy(policy: str, input_document: Mapping[str, Any] | None = None) -> PolicyDecision:
-    """Decide whether ``data.model.allow`` is ``true`` for ``input_document``."""
+    if not isinstance(policy, str):
+        return PolicyDecision(False, _MESSAGES["compile_error"], "compile_error")
     if policy.strip() == DEFAULT_POLICY:
-        return PolicyDecision(True, "default policy (allow = true)")
-    try:
-        text = _evaluate(policy, input_document)
-    except Exception as exc:  # regopy raises RegoError for parse and evaluation errors
-        return PolicyDecision(False, f"policy error: {_one_line(exc)}")
-    if text.strip() == "undefined":
-        return PolicyDecision(False, "data.model.allow is undefined for this input")
-    try:
-        value = json.loads(text)["bindings"]["x"]
-    except (ValueError, KeyError, TypeError):
-        return PolicyDecision(False, f"unexpected policy result {text[:80]!r}")
-    if value is True:
-        return PolicyDecision(True, "data.model.allow is true")
-    return PolicyDecision(False, f"data.model.allow is {json.dumps(value)[:80]}")
+        return PolicyDecision(True, "default policy (allow = true)", "true")
+    document = None if input_document is None else json.dumps(input_document, default=str)
+    outcome = sandbox.run(policy, document, diagnostics=diagnostics, timeout=timeout)
+    reply = outcome.reply
+    detail = "".join(c if c.isprintable() else "?" for c in str(reply.get("detail", ""))[:2000]) if diagnostics else ""
+    report = {"coverage": reply.get("coverage", {})} if diagnostics and "coverage" in reply else {}
+    status = outcome.status if outcome.status in _MESSAGES else "crashed"  # the helper's word, checked
+    return PolicyDecision(status == "true", reason_for(status, reply), status, detail, report)
 
 
 def check_policy(policy: str) -> None:
-    """Refuse, at save time, a policy that does not parse or does not define ``data.model``."""
+    """Refuse, at save time, a policy that is not a compiling Rego v1 module in ``package model``.
+
+    Rego v0 (``allow { ... }``) is refused with the v1 form: the reference library and OPA 1.x reject it.
+    """
+    if not isinstance(policy, str) or not policy.strip():
+        raise ConfigError(_MESSAGES["no_package"])
     if policy.strip() == DEFAULT_POLICY:
         return
-    try:
-        _evaluate(policy, None)
-    except Exception as exc:
-        raise ConfigError(f"policy does not compile: {_one_line(exc)[:300]}") from None
-    if not policy.lstrip().startswith("package model"):
-        raise ConfigError("policy must be a Rego module in 'package model' defining 'allow'")
+    outcome = sandbox.run(policy, None, compile_only=True, diagnostics=True)
+    if outcome.status != "compiled":
+        detail = str(outcome.reply.get("detail", ""))[:300]
+        message = reason_for(outcome.status, outcome.reply)
+        raise ConfigError(f"{message}{': ' + detail if detail and outcome.status != 'rego_v0' else ''}")
+    if outcome.reply.get("packages") != ["data.model"]:
+        raise ConfigError(_MESSAGES["no_package"])
 
 
 def local_input(framework: str, device: str, claims: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -116,7 +124,7 @@ def local_input(framework: str, device: str, claims: Mapping[str, Any] | None = 
     return {
         "time": {
             "now_ns": time.time_ns(),
-            "rfc3339": now.isoformat(timespec="seconds"),  # '+00:00', never 'Z' (regopy pitfall)
+            "rfc3339": now.isoformat(timespec="seconds"),  # '+00:00'; policies may use either form
         },
         "host": {"name": socket.gethostname()},
         "user": {"name": user, "uid": os.getuid() if hasattr(os, "getuid") else None},

@@ -1,37 +1,42 @@
 """``safe_open``: the lazy handle frameworks use, with the same shape as ``safetensors.safe_open``.
 
-Opening verifies the header and unwraps the data keys (nothing else is read); ``get_tensor`` reads and
-decrypts one tensor; ``get_slice(name)[...]`` reads and decrypts only the chunks under the selection.
+Opening verifies the header and checks the master key on one data key (nothing else is read; each other
+data key is unwrapped at its tensor's first read); ``get_tensor`` reads and decrypts one tensor;
+``get_slice(name)[...]`` reads and decrypts only the chunks under the selection.
 Plain safetensors files are handed to the ``safetensors`` package itself, untouched and at its speed.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
 import os
 from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
 
-from ..config import LoadOptions, load_options
-from ..errors import CryptoTensorsError, FormatError, UnsupportedError
+from ..config import LoadOptions, device_name, load_options
+from ..errors import CryptoTensorsError, FormatError, TensorNotFoundError, UnsupportedError
 from ..format.crypto_header import CryptoHeader
 from ..format.header import TensorEntry
 from ..format.reserved import RESERVED_KEYS
 from .reader import OpenedFile, open_file
 from .slicing import cut, select
-from .source import BytesSource, FileSource
-
-_FRAMEWORKS = {"np": "numpy", "numpy": "numpy", "pt": "torch", "torch": "torch"}
+from .source import BytesSource, is_url, open_source
 
 
 def framework_module(framework: str) -> ModuleType:
-    """The front-end module (``pycryptotensors.numpy`` / ``.torch``) that builds tensors for a framework."""
-    try:
-        return importlib.import_module(f"pycryptotensors.{_FRAMEWORKS[framework]}")
-    except KeyError:
-        raise UnsupportedError(f"unsupported framework {framework!r}: use 'np' or 'pt'") from None
+    """The front-end module (``pycryptotensors.numpy``, ``.torch``, ``.flax``, ...) for a framework name."""
+    from .._frontend import frontend
+
+    return frontend(framework)
+
+
+def _missing(error: Exception, name: str) -> Exception:
+    """safetensors' "no such tensor" as our TensorNotFoundError (also a SafetensorError), the same for
+    plain and encrypted files; any other error unchanged."""
+    if str(error).startswith("File does not contain tensor"):
+        return TensorNotFoundError(str(error))
+    return error
 
 
 @contextlib.contextmanager
@@ -54,6 +59,15 @@ def user_metadata(metadata: dict[str, str]) -> dict[str, str] | None:
     """Metadata with the reserved CryptoTensors keys hidden; None when nothing is left, like safetensors."""
     visible = {k: v for k, v in metadata.items() if k not in RESERVED_KEYS}
     return visible or None
+
+
+def _device(module: ModuleType, device: Any) -> str:
+    """The device in its one spelling (config.device_name), refused here when the framework lacks it."""
+    name = device_name(device)
+    check = getattr(module, "check_device", None)
+    if check is not None:
+        check(name)
+    return name
 
 
 class TensorSlice:
@@ -80,7 +94,7 @@ class TensorSlice:
             data = self._file.tensor_bytes(entry.name)
         else:
             first, last = selection.element_span()
-            buffer, start = self._file.range_bytes(entry.name, first * itemsize, (last + 1) * itemsize)
+            buffer, start = self._file.range_bytes(entry.name, first * itemsize, (last + 1) * itemsize, borrow=True)
             data = cut(selection, buffer, start, itemsize).reshape(-1)
         return self._frontend.to_tensor(data, entry.dtype, selection.shape, self._device)
 
@@ -109,10 +123,10 @@ class safe_open:  # noqa: N801 - the name safetensors users already know
         backend: str | None = None,
     ) -> None:
         self._frontend = framework_module(framework)
-        self._device = f"cuda:{device}" if isinstance(device, int) else str(device)  # safetensors takes both
+        self._device = _device(self._frontend, device)  # one spelling, checked once, for plain and encrypted
         self._plain: Any = None
         self._file: OpenedFile | None = None
-        source = FileSource(filename)
+        source = open_source(filename)  # a local file, or a URL read by ranges (reading/remote.py)
         try:
             self._file = open_file(source, load_options(config), framework, self._device)
         except BaseException:
@@ -120,21 +134,28 @@ class safe_open:  # noqa: N801 - the name safetensors users already know
             raise
         if self._file is None:
             source.close()
+            if is_url(filename):
+                raise UnsupportedError(
+                    f"{source.path} is a plain safetensors file: only encrypted files are read from URLs; "
+                    "download it and open the local copy"
+                )
             import safetensors
 
             kwargs = {"backend": backend} if backend is not None else {}
             with plain_errors():  # the original, also when transparent mode has wrapped it
                 opener = unwrapped(safetensors.safe_open)
-                self._plain = opener(os.fspath(filename), framework, device=device, **kwargs)
+                self._plain = opener(os.fspath(filename), framework, device=self._device, **kwargs)
 
     @classmethod
-    def from_bytes(cls, data: bytes, framework: str, config: Any = None) -> safe_open | None:
+    def from_bytes(cls, data: bytes, framework: str, config: Any = None, device: Any = "cpu") -> safe_open | None:
         """A handle over an encrypted file held in memory (used by ``load``); None when the data is plain."""
-        opened = open_file(BytesSource(data), load_options(config), framework, "cpu")
+        module = framework_module(framework)
+        device = _device(module, device)
+        opened = open_file(BytesSource(data), load_options(config), framework, device)
         if opened is None:
             return None
         handle = cls.__new__(cls)
-        handle._frontend, handle._device, handle._plain, handle._file = framework_module(framework), "cpu", None, opened
+        handle._frontend, handle._device, handle._plain, handle._file = module, device, None, opened
         return handle
 
     def _opened(self) -> OpenedFile:
@@ -183,16 +204,29 @@ class safe_open:  # noqa: N801 - the name safetensors users already know
 
     def get_tensor(self, name: str) -> Any:
         if self._plain is not None:
-            return self._plain.get_tensor(name)
+            try:
+                return self._plain.get_tensor(name)
+            except Exception as error:
+                raise _missing(error, name) from error
         opened = self._opened()
         entry = opened.entry(name)
         return self._frontend.to_tensor(opened.tensor_bytes(name), entry.dtype, entry.shape, self._device)
 
     def get_slice(self, name: str) -> Any:
         if self._plain is not None:
-            return self._plain.get_slice(name)
+            try:
+                return self._plain.get_slice(name)
+            except Exception as error:
+                raise _missing(error, name) from error
         opened = self._opened()
         return TensorSlice(opened, opened.entry(name), self._frontend, self._device)
 
     def get_tensors(self) -> dict[str, Any]:
-        return {name: self.get_tensor(name) for name in self.offset_keys()}
+        """Every tensor, in offset order; a remote file's are fetched with parallel requests (reading/remote.py)."""
+        names = self.offset_keys()
+        source = self._file.source if self._file is not None else None
+        if getattr(source, "remote", False):
+            from .remote import fetch_all
+
+            return fetch_all(source, names, self.get_tensor, lambda name: self._opened().entry(name).nbytes)
+        return {name: self.get_tensor(name) for name in names}

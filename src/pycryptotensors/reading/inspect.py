@@ -10,7 +10,7 @@ from ..errors import NotEncryptedError
 from ..format.crypto_header import DEFAULT_POLICY, CryptoHeader, chunk_count
 from .handle import user_metadata
 from .reader import open_file, read_header_view
-from .source import FileSource
+from .source import open_source
 
 
 def _crypto_summary(crypto: CryptoHeader) -> dict[str, Any]:
@@ -56,15 +56,29 @@ def describe_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         if encrypted and crypto is not None and crypto.version == "2":
             item["chunks"] = chunk_count(entry.nbytes, crypto.chunk_size)
         tensors.append(item)
+    encrypted_tensors = sum(t["encrypted"] for t in tensors)
     return {
         "path": os.fspath(path),
-        "size": os.path.getsize(path),
+        "size": view.size,
         "format": "cryptotensors" if crypto is not None else "safetensors",
         "metadata": user_metadata(header.metadata) or {},
         "tensors": tensors,
-        "encrypted_tensors": sum(t["encrypted"] for t in tensors),
+        "encrypted_tensors": encrypted_tensors,
+        "warning": ciphertext_warning(encrypted_tensors, len(tensors)),
         "crypto": _crypto_summary(crypto) if crypto is not None else None,
     }
+
+
+def ciphertext_warning(encrypted: int, total: int) -> str | None:
+    """The one thing to know about a file with encrypted tensors: the format keeps safetensors' layout, so
+    plain safetensors reads it without complaint, and returns the ciphertext as the tensors' values."""
+    if not encrypted:
+        return None
+    return (
+        f"{encrypted} of {total} tensors are ENCRYPTED: their data is ciphertext. Load the file through "
+        "pycryptotensors; plain safetensors (without the package, or with PYCRYPTOTENSORS_TRANSPARENT=0) "
+        "reads the ciphertext as weights without an error."
+    )
 
 
 def verify_file(path: str | os.PathLike[str], options: LoadOptions, deep: bool = False) -> dict[str, Any]:
@@ -72,7 +86,7 @@ def verify_file(path: str | os.PathLike[str], options: LoadOptions, deep: bool =
 
     Plaintext only passes through memory; nothing is written. ``deep`` needs the master key (or a provider).
     """
-    source = FileSource(path)
+    source = open_source(path)
     try:
         opened = open_file(source, options, "np", "cpu", evaluate_local_policy=False, unwrap=deep)
         if opened is None:

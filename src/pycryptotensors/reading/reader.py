@@ -1,8 +1,9 @@
 """Opening a file: header -> validation -> trust and keys -> policy -> data keys, in that order, once.
 
-After ``open_file`` returns, the header is authentic, the policy allowed the load, and every data key is
-unwrapped in memory; reading a tensor then touches only that tensor's bytes (or, for a slice, only the
-chunks that cover it), authenticating each before any of it is returned.
+After ``open_file`` returns, the header is authentic, the policy allowed the load, and the master key has
+unwrapped one data key (each other one is unwrapped at its tensor's first read); reading a tensor then
+touches only that tensor's bytes (or, for a slice, only the chunks that cover it), authenticating each
+before any of it is returned.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..cipher.aead import unwrap_keys
-from ..cipher.chunks import SPAN_BYTES, ChunkRange, decrypt_chunks, decrypt_whole, read_plain
+from ..cipher.chunks import SPAN_BYTES, ChunkRange, borrowed_output, decrypt_chunks, decrypt_whole, read_plain
 from ..config import LoadOptions
 from ..errors import (
     IntegrityError,
@@ -23,16 +24,18 @@ from ..errors import (
     NotEncryptedError,
     PolicyDeniedError,
     SignatureError,
+    TensorNotFoundError,
     WrongKeyError,
 )
-from ..format.crypto_header import CryptoHeader, parse_crypto_header
+from ..format.crypto_header import CryptoHeader, KeySlot, parse_crypto_header
 from ..format.header import PREFIX_SIZE, Header, TensorEntry, parse_header, read_prefix
 from ..format.reserved import plainly_unencrypted
-from ..format.signing import verify_header
 from ..keys.jwk import MasterKey, VerifyKey
-from ..keys.sources import KeyRequest, KeySources, ProvidedKeys
+from ..keys.sources import KeyRequest, KeySources, ProvidedKeys, PublisherVoucher
+from ..model.check import check_model, unknown_origin_trust
 from ..policy.rego import evaluate_policy, local_input
-from .source import ByteSource, BytesSource, FileSource
+from . import headers
+from .source import ByteSource, BytesSource, open_source
 
 
 def read_header_bytes(source: ByteSource) -> bytes:
@@ -47,15 +50,16 @@ class HeaderView:
     header_bytes: bytes
     header: Header
     crypto: CryptoHeader | None
+    size: int = 0  # of the whole file
 
 
 def read_header_view(path: str | os.PathLike[str]) -> HeaderView:
-    source = FileSource(path)
+    source = open_source(path)
     try:
         header_bytes = read_header_bytes(source)
         data_start = PREFIX_SIZE + len(header_bytes)
         header = parse_header(header_bytes, data_start, source.size - data_start)
-        return HeaderView(header_bytes, header, parse_crypto_header(header))
+        return HeaderView(header_bytes, header, parse_crypto_header(header), source.size)
     finally:
         source.close()
 
@@ -75,18 +79,18 @@ class OpenedFile:
         if name not in self.data_keys and self.fetch_keys is not None:
             with self._lock:
                 if self.fetch_keys is not None:
-                    self.data_keys.update(self.fetch_keys())
+                    self.data_keys = self.fetch_keys()  # the keys object itself: it may unwrap lazily
                     self.fetch_keys = None
-        key = self.data_keys.get(name)
-        if key is None:
-            raise MissingKeyError(f"tensor {name!r} is encrypted and no data key was unwrapped for it")
-        return key
+        try:
+            return self.data_keys[name]  # unwrapped now if it is the first use (:class:`_DataKeys`)
+        except KeyError:
+            raise MissingKeyError(f"tensor {name!r} is encrypted and no data key was unwrapped for it") from None
 
     def entry(self, name: str) -> TensorEntry:
         try:
             return self.header.tensors[name]
         except KeyError:
-            raise KeyError(f"no tensor named {name!r} in {self.source.path}") from None
+            raise TensorNotFoundError(f"File does not contain tensor {name} ({self.source.path})") from None
 
     def tensor_bytes(self, name: str) -> np.ndarray:
         """The whole tensor as a new uint8 array the caller owns."""
@@ -94,17 +98,19 @@ class OpenedFile:
         buffer, _ = self.range_bytes(name, 0, entry.nbytes)
         return buffer
 
-    def range_bytes(self, name: str, lo: int, hi: int) -> tuple[np.ndarray, int]:
+    def range_bytes(self, name: str, lo: int, hi: int, *, borrow: bool = False) -> tuple[np.ndarray, int]:
         """Authenticated bytes covering ``[lo, hi)`` of a tensor, and the tensor offset they start at.
 
-        The result is widened to whole chunks: AEAD tags and digests authenticate chunks, not bytes.
+        The result is widened to whole chunks: AEAD tags and digests authenticate chunks, not bytes. With
+        ``borrow``, a few encrypted chunks may come in this thread's reusable buffer (valid until its next
+        call): for a caller that copies what it needs at once, as slicing does.
         """
         try:
-            return self._range_bytes(name, lo, hi)
+            return self._range_bytes(name, lo, hi, borrow)
         except IntegrityError as error:  # say where: in a model directory, which shard and which tensor
             raise type(error)(f"{self.source.path}: tensor {name!r}: {error}") from None
 
-    def _range_bytes(self, name: str, lo: int, hi: int) -> tuple[np.ndarray, int]:
+    def _range_bytes(self, name: str, lo: int, hi: int, borrow: bool = False) -> tuple[np.ndarray, int]:
         entry = self.entry(name)
         origin = self.header.data_start + entry.start
         crypto = self.crypto
@@ -116,7 +122,9 @@ class OpenedFile:
                     return np.empty(0, dtype=np.uint8), 0
                 return decrypt_whole(self.source, origin, entry.nbytes, crypto.cipher, key, sealed.iv, sealed.tags), 0
             chunks = _covering(origin, entry.nbytes, crypto.chunk_size, lo, hi)
-            out = np.empty(_span_bytes(chunks), dtype=np.uint8)
+            out = borrowed_output(_span_bytes(chunks)) if borrow else None
+            if out is None:
+                out = np.empty(_span_bytes(chunks), dtype=np.uint8)
             decrypt_chunks(self.source, chunks, crypto.cipher, key, sealed.iv, sealed.tags, out)
             return out, chunks.byte_lo
         if crypto.integrity is not None:
@@ -171,22 +179,40 @@ class _Keys:
         """The publisher's key, walking the providers in order. One that can vouch is asked for that key
         alone, and for its keys only at the first encrypted read; one that cannot is asked for everything."""
         while self._pending:
-            vouch = getattr(self._pending[0], "vouch", None)
-            if vouch is None:
+            provider = self._pending[0]
+            if not isinstance(provider, PublisherVoucher):
                 provided = self.provided()
                 return provided.verify_key if provided is not None else None
-            key = vouch(self.request)
+            key = provider.vouch(self.request)
             if key is not None:
                 return key
             self._pending.pop(0)  # it has nothing to say about this file
         return None
 
-    def missing(self, what: str, slot_kid: str | None) -> MissingKeyError:
-        named = f" with kid {slot_kid!r}" if slot_kid else ""
-        return MissingKeyError(
-            f"no {what}{named} for {self.request.path} (looked at {self.sources.describe()}; "
-            "give it in code or with --key, in CRYPTOTENSOR_KEYS, or in a key directory)"
+    def missing(self, what: str, slot: KeySlot, master: bool) -> MissingKeyError:
+        """What is missing, said so that the reader knows what to do: the file, the key id it needs, the key ids
+        tried, and, when the file names a key service, the settings that would let it be asked."""
+        hint = key_hint(self.sources, slot, master, self.request.crypto.enc.jku)
+        return MissingKeyError(f"{self.request.path}: no {what} {hint}")
+
+
+def key_hint(sources: KeySources, slot: KeySlot, master: bool, service: str | None) -> str:
+    """``with kid X (the key id this file needs; key ids tried: ...; looked at ...); <what to do>`` (key ids
+    only, never key material)."""
+    needed = f"with kid {slot.kid!r} (the key id this file needs; " if slot.kid else "(the file names no key id; "
+    tried = sources.kids(slot, master)
+    text = f"{needed}key ids tried: {', '.join(tried) if tried else 'none'}; looked at {sources.describe()})"
+    jku = service or ""  # the key service a file names is its enc slot's jku
+    if jku.startswith(("http://", "https://")):
+        return (
+            f"{text}; the file names the key service {jku}: to let it be asked, add it to [key_service].allowed "
+            f"in your settings file ({SETTINGS_HINT}) and give a client token ([key_service].token_file, or "
+            "PYCRYPTOTENSORS_KEY_SERVICE_TOKEN); or give the key yourself"
         )
+    return f"{text}; give it in code or with --key, in CRYPTOTENSOR_KEYS, or in a key directory"
+
+
+SETTINGS_HINT = "~/.config/pycryptotensors/config.toml, or the file PYCRYPTOTENSORS_CONFIG names"
 
 
 def open_file(
@@ -197,25 +223,32 @@ def open_file(
     *,
     evaluate_local_policy: bool = True,
     unwrap: bool = True,
+    whole_model: bool = True,
 ) -> OpenedFile | None:
     """Validate, verify, check policy and unwrap keys; raises before returning anything on any failure.
 
     Returns None for a plain safetensors file, which the caller hands to the ``safetensors`` package. Tools
     pass ``evaluate_local_policy=False`` (the publisher's own rewrap, ``verify``) or ``unwrap=False`` (checking
-    a signature without holding the master key).
+    a signature without holding the master key). ``whole_model=False`` skips the model-folder check
+    (``rewrap`` rewriting a folder's shards one by one; ``verify DIR`` checks the folder on its own).
     """
     sources, trust = options.resolve()
-    trust = trust.for_file(None if isinstance(source, BytesSource) else source.path)
+    # a URL, like bytes, has no local path for the trust rules: it gets the strictest of them (fail closed);
+    # remote model folders (their manifest) are not checked here: a remote file is checked on its own
+    from_file = not isinstance(source, BytesSource) and not getattr(source, "remote", False)
+    check_folder = from_file and whole_model
+    trust = trust.for_file(source.path) if from_file else unknown_origin_trust(trust)
     header_bytes = read_header_bytes(source)
     crypto = header = None
     if not plainly_unencrypted(header_bytes):
-        data_start = PREFIX_SIZE + len(header_bytes)
-        header = parse_header(header_bytes, data_start, source.size - data_start)
-        crypto = parse_crypto_header(header)
+        header, crypto = headers.parsed(header_bytes, source.size)  # remembered by bytes: reopening is cheap
     if crypto is None or header is None:
         if trust.require_encryption:
             raise NotEncryptedError(f"{source.path} is not an encrypted CryptoTensors file, and encryption is required")
+        if check_folder:  # a plain file in a signed model folder must be the signed one (it is not)
+            check_model(source.path, header_bytes, trust, lambda k: sources.verify_keys(KeySlot("ed25519", k), trust))
         return None
+    options.fail_closed()  # a broken settings file refuses encrypted files (plain ones only warned)
 
     keys = _Keys(sources, KeyRequest(source.path, header_bytes, crypto, options.policy_input))
     candidates = sources.verify_keys(crypto.sign, trust)
@@ -223,11 +256,13 @@ def open_file(
         trust.check_signer(vouched)  # a key service vouches for the publisher; pins still apply
         candidates = [vouched]
     if not candidates:
-        raise keys.missing("signature verification key", crypto.sign.kid)
+        raise keys.missing("signature verification key", crypto.sign, master=False)
     try:
-        verify_header([key.public for key in candidates], header, crypto.signature)
+        headers.verified([key.public for key in candidates], header, crypto, header_bytes)
     except SignatureError as error:
         raise SignatureError(f"{source.path}: {error}") from None
+    if check_folder:  # the whole model folder, against its signed manifest, before any key is released
+        check_model(source.path, header_bytes, trust, lambda kid: candidates)
 
     if evaluate_local_policy:
         decision = evaluate_policy(crypto.policy_local, local_input(framework, device, options.policy_input))
@@ -238,28 +273,70 @@ def open_file(
         return OpenedFile(source, header, crypto, {})
     master = sources.master_key(crypto.enc)
     if master is not None:
-        return OpenedFile(source, header, crypto, _unwrap(crypto, master))
+        return OpenedFile(source, header, crypto, _unwrap(crypto, master, keys))
     if keys.asked or not sources.providers:  # what the providers can do is known already
         return OpenedFile(source, header, crypto, _provided_data_keys(crypto, keys))
     return OpenedFile(source, header, crypto, {}, fetch_keys=lambda: _provided_data_keys(crypto, keys))
 
 
-def _unwrap(crypto: CryptoHeader, master: MasterKey) -> dict[str, bytes]:
+def _unwrap(crypto: CryptoHeader, master: MasterKey, keys: _Keys) -> dict[str, bytes]:
+    """The data keys under ``master``; a key that does not fit says which file, which key id it needs, which key
+    id was given and which were tried."""
+    given = f"the master key given (key id {master.kid!r})"
+    where = f"{keys.request.path}: {given}"
     if len(master.secret) != crypto.cipher.key_size:
         raise WrongKeyError(
-            f"the file uses {crypto.cipher.name}, which needs a {crypto.cipher.key_size}-byte master key"
+            f"{where} is not a {crypto.cipher.key_size}-byte key, which {crypto.cipher.name} needs; the file "
+            f"needs the master key {key_hint(keys.sources, crypto.enc, True, crypto.enc.jku)}"
         )
-    wrapped = {name: (s.wrapped_key, s.key_iv, s.key_tag) for name, s in crypto.encrypted.items()}
-    return _checked_data_keys(crypto, unwrap_keys(crypto.cipher, master.secret, wrapped))
+    data_keys = _DataKeys(
+        crypto,
+        master.secret,
+        lambda: (
+            f"{where} does not unwrap this file's data keys (a wrong key, or a tampered header); the file needs "
+            f"the master key {key_hint(keys.sources, crypto.enc, True, crypto.enc.jku)}"
+        ),
+    )
+    first = next(iter(crypto.encrypted), None)
+    if first is not None:
+        data_keys[first]  # a wrong master key fails here, at open, not at the first read
+    return data_keys
+
+
+class _DataKeys(dict[str, bytes]):
+    """Data keys, each unwrapped at its tensor's first use: opening a file of thousands of tensors costs one
+    unwrap (the first tensor's, at open, which checks the master key) instead of thousands. Every wrapped
+    key is covered by the header signature, verified before this exists."""
+
+    def __init__(self, crypto: CryptoHeader, secret: bytes, wrong: Callable[[], str]) -> None:
+        super().__init__()
+        self._crypto: CryptoHeader | None = crypto
+        self._secret, self._wrong = secret, wrong
+
+    def __missing__(self, name: str) -> bytes:
+        sealed = self._crypto.encrypted.get(name) if self._crypto is not None else None
+        if self._crypto is None or sealed is None:
+            raise KeyError(name)
+        try:
+            key = unwrap_keys(self._crypto.cipher, self._secret, {name: sealed[:3]})[name]
+        except WrongKeyError:
+            raise WrongKeyError(self._wrong()) from None
+        self[name] = key
+        return key
+
+    def clear(self) -> None:
+        """Forget the unwrapped keys and the master key (closing the file)."""
+        self._crypto, self._secret = None, b""
+        super().clear()
 
 
 def _provided_data_keys(crypto: CryptoHeader, keys: _Keys) -> dict[str, bytes]:
     provided = keys.provided()
     if provided is not None and provided.master_key is not None:
-        return _unwrap(crypto, provided.master_key)
+        return _unwrap(crypto, provided.master_key, keys)
     if provided is not None and provided.data_keys is not None:
         return _checked_data_keys(crypto, provided.data_keys)
-    raise keys.missing("master key", crypto.enc.kid)
+    raise keys.missing("master key", crypto.enc, master=True)
 
 
 def _checked_data_keys(crypto: CryptoHeader, data_keys: Mapping[str, bytes]) -> dict[str, bytes]:

@@ -48,6 +48,23 @@ class FileSource:
             self.fd = -1
 
 
+_URL_SCHEMES = ("s3://", "gs://", "az://", "hf://", "https://", "http://")
+
+
+def is_url(target: object) -> bool:
+    """True for the URLs :func:`open_source` reads remotely (``s3://``, ``gs://``, ``az://``, ``hf://``, ``http(s)://``)."""
+    return isinstance(target, str) and target[:8].lower().startswith(_URL_SCHEMES)
+
+
+def open_source(target: str | os.PathLike[str]) -> ByteSource:
+    """A FileSource for a path, a RemoteSource for a URL (imported only then: the core needs no remote extra)."""
+    if is_url(target):
+        from .remote import RemoteSource
+
+        return RemoteSource(str(target))
+    return FileSource(target)
+
+
 class BytesSource:
     """A file held in memory (``load(bytes)``)."""
 

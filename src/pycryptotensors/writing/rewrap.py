@@ -22,9 +22,7 @@ from ..format.signing import sign_header
 from ..keys.jwk import MasterKey, SigningKey
 from ..reading.reader import OpenedFile, open_file
 from ..reading.source import FileSource
-from .sinks import AtomicFile
-
-COPY_BLOCK = 16 * 1024 * 1024
+from .sinks import AtomicFile, copy_range
 
 
 @dataclass(frozen=True)
@@ -52,19 +50,6 @@ def _new_encryption(opened: OpenedFile, master: MasterKey) -> str:
     return json.dumps(entries, separators=(",", ":"), ensure_ascii=False)
 
 
-def _copy(src_fd: int, dst_fd: int, src_offset: int, dst_offset: int, length: int) -> None:
-    done = 0
-    while done < length:
-        count = min(COPY_BLOCK, length - done)
-        try:
-            moved = os.copy_file_range(src_fd, dst_fd, count, src_offset + done, dst_offset + done)
-        except OSError:  # another file system, or no kernel support: copy through user space
-            moved = os.pwrite(dst_fd, os.pread(src_fd, count, src_offset + done), dst_offset + done)
-        if moved == 0:
-            raise OSError("source file ended while copying its data area")
-        done += moved
-
-
 def rewrap_file(
     src: str | os.PathLike[str],
     dst: str | os.PathLike[str],
@@ -76,7 +61,9 @@ def rewrap_file(
     """Rotate keys without re-encrypting: ``options`` must open ``src`` (old master key, trusted signer)."""
     source = FileSource(src)
     try:
-        opened = open_file(source, options, "np", "cpu", evaluate_local_policy=False, unwrap=master_key is not None)
+        opened = open_file(
+            source, options, "np", "cpu", evaluate_local_policy=False, unwrap=master_key is not None, whole_model=False
+        )
         if opened is None:
             raise NotEncryptedError(f"{source.path} is a plain safetensors file: nothing to rewrap")
         crypto = opened.crypto
@@ -94,7 +81,7 @@ def rewrap_file(
         data_len = opened.header.data_len
         with AtomicFile(dst, len(framed) + data_len) as sink:
             sink.writeat(0, memoryview(framed))
-            _copy(source.fd, sink.fd, opened.header.data_start, len(framed), data_len)
+            copy_range(source.fd, sink.fd, opened.header.data_start, len(framed), data_len)
         return RewrapReport(len(crypto.encrypted) if master_key is not None else 0, data_len)
     finally:
         source.close()
