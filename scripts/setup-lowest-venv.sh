@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV_LOWEST:-.venv-lowest}
 PYTHON=${PYTHON:-python3}
-EXTRAS="torch,server,test"
+EXTRAS="torch,server,test,remote"
 MARKER="$VENV/.pycryptotensors-lowest-setup"
 STAMP=$(cat "$0" scripts/lowest_constraints.py pyproject.toml | sha256sum | cut -d' ' -f1)
 

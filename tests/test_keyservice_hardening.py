@@ -257,6 +257,23 @@ def test_failures_are_rate_limited_per_source_and_per_token(tmp_path: Path) -> N
         server.stop()
 
 
+def test_forwarded_headers_do_not_choose_the_source_address(tmp_path: Path) -> None:
+    """X-Forwarded-For from 127.0.0.1 (uvicorn trusts it there by default) neither escapes the per-source limit
+    nor writes a forged client address into the audit log."""
+    server = Server(tmp_path / "state", "--failures-per-minute", "5").start()
+    try:
+        codes = []
+        with httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.1"), timeout=10) as client:
+            for i in range(7):
+                forwarded = {"X-Forwarded-For": f"198.51.100.{i + 1}", "Forwarded": f"for=198.51.100.{i + 1}"}
+                codes.append(client.post(f"{server.url}/v1/release", json={}, headers=forwarded).status_code)
+        assert codes == [401] * 5 + [429] * 2
+        clients = {record["client"] for record in server.audit()}
+        assert clients == {"127.0.0.1"}, clients
+    finally:
+        server.stop()
+
+
 # ----------------------------------------------------------------------------------------- enumeration, modes
 
 

@@ -59,6 +59,24 @@ def test_banner_and_access_log(ks: Server) -> None:
     assert ks.admin_token not in log
 
 
+def test_access_log_lines_cannot_be_forged_through_the_path(ks: Server) -> None:
+    """The path is percent-decoded before it is logged: an unauthenticated '%0A' used to start a forged line."""
+    import socket
+
+    forged = '2026-01-01T00:00:00Z 127.0.0.1 "POST /v1/release" 200 1.0ms'
+    target = "/x%0A" + forged.replace(" ", "%20").replace('"', "%22")
+    with socket.create_connection(("127.0.0.1", ks.port), timeout=10) as conn:
+        conn.sendall(f"GET {target} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n".encode())
+        assert conn.recv(100).startswith(b"HTTP/1.1 404")
+    log = ks.state.parent / f"{ks.state.name}-{ks.port}.log"
+    deadline = time.monotonic() + 10
+    while "/x" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    lines = log.read_text().splitlines()
+    assert any(line.endswith("ms") and '"GET /x\\n2026-01-01' in line for line in lines), lines[-3:]
+    assert not any(line.startswith("2026-01-01T00:00:00Z") for line in lines)
+
+
 def test_plain_http_beyond_loopback_is_warned_about(tmp_path: Path) -> None:
     for host, warned in (("0.0.0.0", True), ("192.0.2.7", True), ("127.0.0.1", False), ("::1", False)):
         lines = banner(ServeConfig(tmp_path, host=host), 8443)

@@ -12,6 +12,7 @@ import json
 import multiprocessing
 import os
 import resource
+import signal as signal_module
 import subprocess
 import sys
 import threading
@@ -234,3 +235,31 @@ def test_helper_killed_between_calls_is_replaced_transparently():
     time.sleep(0.2)
     assert evaluate_policy("package model\nallow := true", {}).allowed
     assert sandbox.helper_pid() not in (None, pid)
+
+
+@pytest.mark.skipif(not hasattr(signal_module, "setitimer"), reason="setitimer")
+def test_interrupted_call_never_answers_the_next_one():
+    """An exception in the caller mid-evaluation (Ctrl-C, a signal handler) must not leave the slow policy's answer
+    in the pipe: before the fix, the next call read it, so ``allow := false`` came back allowed."""
+
+    class CallerInterruptedError(Exception):
+        pass
+
+    def interrupt(*_args: object) -> None:
+        raise CallerInterruptedError
+
+    slow_true = "package model\nallow := count([x | some x in numbers.range(1, 3000000)]) > 0"
+    previous = signal_module.signal(signal_module.SIGALRM, interrupt)
+    try:
+        assert evaluate_policy("package model\nallow := false", {}).status == "false"  # a warm helper
+        signal_module.setitimer(signal_module.ITIMER_REAL, 0.1)
+        with pytest.raises(CallerInterruptedError):
+            evaluate_policy(slow_true, {}, timeout=10)
+    finally:
+        signal_module.setitimer(signal_module.ITIMER_REAL, 0)
+        signal_module.signal(signal_module.SIGALRM, previous)
+    time.sleep(2.5)  # the interrupted request's answer would be in the pipe by now
+    for expected in ("false", "undefined", "false"):
+        policy = {"false": "package model\nallow := false", "undefined": "package model\nallow if input.x == 1"}
+        decision = evaluate_policy(policy[expected], {})
+        assert not decision.allowed and decision.status == expected

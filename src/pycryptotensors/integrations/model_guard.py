@@ -32,7 +32,7 @@ from ..keys.trust import Trust
 from ..model.folder import SHARD_SUFFIX, is_weight_file, manifest_for
 from ..model.origin import unknown_origin_trust
 
-__all__ = ["arm", "check_checkpoint", "check_index", "check_shard_list", "manifest_for", "unknown_origin_trust"]
+__all__ = ["arm", "check_checkpoint", "check_index", "check_shard_list", "check_shard_path", "manifest_for", "unknown_origin_trust"]
 
 _MARK = "__pycryptotensors_guard__"
 TORCH = "torch"
@@ -84,10 +84,10 @@ def check_checkpoint(path: str | os.PathLike[str]) -> None:
 def _check_signed_folder(manifest: Path, trust: Trust, options: Any) -> None:
     from ..format.crypto_header import KeySlot
     from ..model.check import verify_folder
-    from ..model.manifest import signer_kid
+    from ..model.manifest import read_manifest_file, signer_kid
 
     sources, _ = options.resolve()
-    keys = sources.verify_keys(KeySlot("ed25519", signer_kid(manifest.read_bytes())), trust)
+    keys = sources.verify_keys(KeySlot("ed25519", signer_kid(read_manifest_file(manifest))), trust)
     if not keys:
         raise ManifestError(f"{manifest}: no trusted publisher key to check the signed model folder with")
     verify_folder(manifest.parent, keys)
@@ -141,8 +141,30 @@ def _torch_load_check(f: Any, *args: Any, **kwargs: Any) -> None:
         check_checkpoint(name)
 
 
+def check_shard_path(path: str | os.PathLike[str]) -> None:
+    """A safetensors shard a loader names by path but may read as bytes (transformers' ``disable_mmap``,
+    which loses the path): where a manifest covers it or a rule applies, check it by its path first (header,
+    signature, whole-model check; no key is released), so that the bytes path cannot skip the folder."""
+    from . import transparent
+
+    if not transparent.encryption_required(path):
+        return
+    from ..config import load_options
+    from ..reading.reader import open_file
+    from ..reading.source import open_source
+
+    source = open_source(path)
+    try:
+        open_file(source, load_options(transparent._options), "np", "cpu", evaluate_local_policy=False, unwrap=False)
+    finally:
+        source.close()
+
+
 def _load_state_dict_check(checkpoint_file: Any, *args: Any, **kwargs: Any) -> None:
-    check_checkpoint(checkpoint_file)
+    if isinstance(checkpoint_file, str | os.PathLike) and os.fspath(checkpoint_file).endswith(SHARD_SUFFIX):
+        check_shard_path(checkpoint_file)
+    else:
+        check_checkpoint(checkpoint_file)
 
 
 def _vllm_check(*args: Any, **kwargs: Any) -> None:

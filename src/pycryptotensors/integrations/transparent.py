@@ -142,19 +142,22 @@ def is_crypto_bytes(data: Any) -> bool:
 
 
 def encryption_required(path: Any) -> bool:
-    """Whether the consumer requires encryption for this file (or for everything, for bytes): then a plain
-    file must not slip through to the original function, which would load it without a word."""
+    """Whether the consumer requires encryption for this file (or for everything, for bytes), or pins a
+    publisher for it: then a plain file must not slip through to the original function, which would load it
+    without a word (our reader refuses it, or, for a pinned publisher, a model folder without a manifest)."""
     if isinstance(path, str | os.PathLike) and model_guard.manifest_for(path) is not None:
         return True  # in a signed model folder: our reader checks the folder, plain or not (docs/SECURITY.md)
     required = _options is not None and _options.require_encryption
+    pinned = tuple(_options.trusted_signers) if _options is not None else ()
     use_settings = _options is None or _options.use_settings
-    if not required and not (use_settings and settings_path()):
+    if not required and not pinned and not (use_settings and settings_path()):
         return False  # nothing can require it: the common case, decided without reading anything
     settings = load_settings() if use_settings else Settings()
-    trust = Trust(require_encryption=required or settings.trust.require_encryption, rules=settings.trust.rules)
+    trust = Trust(pinned or settings.trust.signers, required or settings.trust.require_encryption, settings.trust.rules)
     if not isinstance(path, str | os.PathLike):  # bytes: their file cannot be told, so every rule applies
         return model_guard.unknown_origin_trust(trust).require_encryption
-    return trust.for_file(path).require_encryption
+    for_file = trust.for_file(path)
+    return for_file.require_encryption or bool(for_file.signers)
 
 
 def _wrap(original: Any, replacement: Callable[..., Any]) -> Callable[..., Any]:

@@ -317,6 +317,8 @@ class AccessLog:
                 self.write(json.dumps(entry))
             else:
                 self.write(
-                    f'{entry["time"]} {entry["client"]} "{entry["method"]} {entry["path"]}" {entry["status"]} '
-                    f"{entry['ms']}ms"
+                    # The path is percent-decoded ('%0A' is a newline): escaped, so that a request is one line
+                    # and cannot forge others.
+                    f'{entry["time"]} {entry["client"]} "{entry["method"]} {json.dumps(entry["path"])[1:-1]}" '
+                    f'{entry["status"]} {entry["ms"]}ms'
                 )

@@ -209,6 +209,9 @@ def serve(config: ServeConfig) -> None:
             http=guarded_protocol(config.header_timeout),
             timeout_keep_alive=int(max(1, config.keep_alive)),
             limit_concurrency=config.max_connections,
+            # uvicorn's default trusts X-Forwarded-For from 127.0.0.1: any local process, or a proxy on loopback
+            # passing a client's header through, could pick the source address of the limits and the audit log.
+            proxy_headers=False,
             h11_max_incomplete_event_size=16 * 1024,  # request line and headers: a release needs well under 1 KiB
             log_level="warning",
             access_log=False,

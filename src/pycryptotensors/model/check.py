@@ -20,8 +20,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ManifestError
-from .folder import MANIFEST_NAME, folder_stamp, is_weight_file, list_files, manifest_for, walk
-from .manifest import Manifest, file_sha256, header_digest, index_shards, read_shard_header, verify_manifest
+from .folder import MANIFEST_NAME, folder_stamp, is_weight_file, manifest_for, walk
+from .manifest import (
+    Manifest,
+    file_sha256,
+    header_digest,
+    index_shards,
+    is_regular,
+    read_manifest_file,
+    read_shard_header,
+    verify_manifest,
+)
 from .origin import unknown_origin_trust
 
 __all__ = ["check_model", "check_unsigned_folder", "clear_cache", "unknown_origin_trust", "verify_folder"]
@@ -61,12 +70,8 @@ def verify_folder(
 
     ``full_hash`` also hashes the shards (``verify DIR --deep``); loading compares their signed headers.
     """
-    try:
-        data = (root / MANIFEST_NAME).read_bytes()
-    except OSError as error:
-        raise ManifestError(f"cannot read {root / MANIFEST_NAME}: {error.strerror}") from None
-    manifest = verify_manifest(data, verify_keys)
-    present = set(list_files(root) if files is None else files)
+    manifest = verify_manifest(read_manifest_file(root / MANIFEST_NAME), verify_keys)
+    present = set(walk(root, everything=True)[0] if files is None else files)
     for name in sorted(manifest.files):
         if name not in present:
             what = "shard" if name in manifest.shards else "file"
@@ -79,6 +84,8 @@ def verify_folder(
         )
     for name, (size, digest) in sorted(manifest.files.items()):
         path = root / name
+        if not is_regular(path):
+            raise ManifestError(f"{path} is not a regular file (a FIFO, device or folder in place of a signed file)")
         if path.stat().st_size != size:
             raise ManifestError(f"{path}: size differs from the signed manifest (modified)")
         shard = manifest.shards.get(name)
@@ -115,10 +122,7 @@ def check_model(
             check_unsigned_folder(Path(os.path.abspath(path)).parent)
         return
     root = manifest_path.parent
-    try:
-        data = manifest_path.read_bytes()
-    except OSError as error:
-        raise ManifestError(f"cannot read {manifest_path}: {error.strerror}") from None
+    data = read_manifest_file(manifest_path)
     from .manifest import signer_kid
 
     keys = list(keys_for(signer_kid(data)))
@@ -132,7 +136,7 @@ def check_model(
     with _lock:
         cached = _cache.get(key)
     if cached is None or _stamp(root, cached.names) != cached.stamp:
-        files, folders = walk(root)
+        files, folders = walk(root, everything=True)
         names = files + folders
         stamp = _stamp(root, names)  # taken before checking: a change during the check is seen next time
         manifest = verify_folder(root, keys, files=files)

@@ -33,10 +33,12 @@ def is_temporary(name: str) -> bool:
     return base.startswith(".") and base.endswith(".tmp")
 
 
-def walk(root: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
+def walk(root: str | os.PathLike[str], *, everything: bool = False) -> tuple[list[str], list[str]]:
     """Every file and every folder of a model folder, recursively, as sorted relative POSIX paths (folders end
     with '/'); ignored folders, the manifest and temporary files are left out. Symlinks to files count as
-    files (Hugging Face cache snapshots are made of them); symlinked folders are not followed."""
+    files (Hugging Face cache snapshots are made of them); symlinked folders are not followed. With
+    ``everything`` (the consumer's check), any other entry (a FIFO, a device, a link to a folder or a
+    device, a dangling link) is listed as a file too, so that it is refused as unlisted, never ignored."""
     files: list[str] = []
     folders: list[str] = []
     pending = [(os.fspath(root), "")]
@@ -49,7 +51,7 @@ def walk(root: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
                     if entry.name not in IGNORED_DIRS:
                         folders.append(name + "/")
                         pending.append((entry.path, name + "/"))
-                elif name != MANIFEST_NAME and not is_temporary(name) and entry.is_file():
+                elif name != MANIFEST_NAME and not is_temporary(name) and (everything or entry.is_file()):
                     files.append(name)
     return sorted(files), sorted(folders)
 
@@ -73,15 +75,17 @@ def manifest_for(path: str | os.PathLike[str]) -> Path | None:
     return None
 
 
-def folder_stamp(root: Path, names: list[str] | None = None) -> tuple[tuple[str, int, int, int], ...]:
-    """What the per-process cache is keyed by: (name, inode, size, mtime in ns) of the folder itself and of
-    the files named (a change to any of them, or a file added to the folder, changes the stamp)."""
+def folder_stamp(root: Path, names: list[str] | None = None) -> tuple[tuple[str, int, int, int, int, int], ...]:
+    """What the per-process cache is keyed by: (name, device, inode, size, mtime, ctime in ns) of the folder
+    itself and of the files named (a change to any of them, or a file added to the folder, changes the
+    stamp). The ctime matters: an attacker can write a file and set its mtime back (``touch -d``), but
+    cannot set its ctime."""
     stamps = []
     for name in ["", *(names or [])]:
         try:
             st = os.stat(root / name) if name else os.stat(root)
         except OSError:
-            stamps.append((name, -1, -1, -1))
+            stamps.append((name, -1, -1, -1, -1, -1))
             continue
-        stamps.append((name, st.st_ino, st.st_size, st.st_mtime_ns))
+        stamps.append((name, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
     return tuple(stamps)

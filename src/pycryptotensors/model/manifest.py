@@ -16,6 +16,7 @@ import binascii
 import hashlib
 import json
 import os
+import stat
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -72,6 +73,30 @@ def key_hint(public: Any) -> str:
 def file_sha256(path: Path) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def read_manifest_file(path: str | os.PathLike[str]) -> bytes:
+    """The bytes of ``model.sig``, refused unless it is a regular file within :data:`MAX_MANIFEST_SIZE`: a FIFO
+    or a device planted there must not hang or exhaust the loading process."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as error:
+        raise ManifestError(f"cannot read {path}: {error.strerror}") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise ManifestError(f"{path} is not a regular file (replace it with the publisher's model.sig)")
+        if st.st_size > MAX_MANIFEST_SIZE:
+            raise ManifestError(f"{path} is larger than {MAX_MANIFEST_SIZE} bytes")
+        return f.read(MAX_MANIFEST_SIZE + 1)
+
+
+def is_regular(path: str | os.PathLike[str]) -> bool:
+    """A regular file, or a link to one (a FIFO or device in a model folder must not be read or hashed)."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 def read_shard_header(path: Path) -> bytes:
@@ -132,6 +157,8 @@ def build_statement(root: Path) -> dict[str, Any]:
     resources, sizes, shards = [], {}, {}
     for name in names:
         path = root / name
+        if not is_regular(path):
+            raise ManifestError(f"{path} is not a regular file: remove it before signing the folder")
         resources.append({"name": name, "algorithm": "sha256", "digest": file_sha256(path)})
         sizes[name] = path.stat().st_size
         if name.endswith(SHARD_SUFFIX):

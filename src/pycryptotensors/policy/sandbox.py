@@ -202,7 +202,12 @@ def run(
                     return Outcome("engine_missing")
                 except (OSError, RuntimeError):
                     return Outcome("unavailable")
-            reply = _HELPER.ask(request, timeout)
+            try:
+                reply = _HELPER.ask(request, timeout)
+            except BaseException:  # interrupted mid-request (Ctrl-C, a signal handler's exception): the helper
+                _HELPER.kill()  # may still answer it, and that answer must never be read as the next call's
+                _HELPER = None
+                raise
             if reply is not None:
                 return Outcome(str(reply.get("status", "crashed")), reply)
             failure = _HELPER.failure
