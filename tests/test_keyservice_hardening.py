@@ -14,6 +14,7 @@ import select
 import socket
 import sqlite3
 import stat
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -25,7 +26,7 @@ import httpx
 import pytest
 
 import pycryptotensors as pc
-from _command import ERROR_PREFIX
+from _command import CLI, ERROR_PREFIX
 from _keyservice import Server, cli, free_port, header_bytes, load, publish
 from pycryptotensors.errors import KeyServiceDeniedError, KeyServiceUnauthorizedError
 from pycryptotensors.keyservice.admin import AdminClient
@@ -168,6 +169,35 @@ def test_deeply_nested_json_is_refused_400(ks: Server) -> None:
     assert "Traceback" not in log_text(ks)
 
 
+def test_wide_json_bodies_keep_the_server_small(tmp_path: Path) -> None:
+    """Bodies under the size limit whose JSON is millions of small values (any client token suffices): refused
+    400 before they are parsed, so a dozen at once no longer take the server past a gigabyte (1.5 GiB measured)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    server = Server(tmp_path / "state").start()
+    try:
+        token = server.token(unique("wide"))
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        body = b"[" + b'"ab",' * (8 * MiB // 5 - 2) + b"1]"
+        assert len(body) <= 8 * MiB
+        before = peak_rss(server)
+
+        def send(_: int) -> httpx.Response:
+            return httpx.post(f"{server.url}/v1/release", content=body, headers=headers, timeout=120)
+
+        with ThreadPoolExecutor(12) as pool:
+            answers = list(pool.map(send, range(12)))
+        assert {(a.status_code, a.json()["error"]) for a in answers} == {(400, "bad_request")}
+        assert "values" in answers[0].json()["message"]
+        assert peak_rss(server) - before < 512 * MiB
+        small = {**Ephemeral().request(b"{}", {"tags": list(range(100))}, None).to_json()}
+        response = httpx.post(f"{server.url}/v1/release", json=small, headers=headers, timeout=30)
+        assert (response.status_code, response.json()["error"]) == (400, "bad_request")  # parsed: a bad header
+        assert "header" in response.json()["message"]
+    finally:
+        server.stop()
+
+
 # ----------------------------------------------------------------------------------------- slow clients
 
 
@@ -215,6 +245,48 @@ def test_connection_limit(tmp_path: Path) -> None:
         for sock in held:
             sock.close()
         server.stop()
+
+
+def test_one_address_cannot_take_every_connection(tmp_path: Path) -> None:
+    """Half-sent requests from one address fill only its own share; another address is still served."""
+    server = Server(
+        tmp_path / "state", "--max-connections", "20", "--max-connections-per-source", "5", "--header-timeout", "30"
+    ).start()
+    held: list[socket.socket] = []
+    try:
+        for _ in range(25):
+            sock = socket.socket()
+            sock.bind(("127.0.0.4", 0))
+            sock.settimeout(10)
+            sock.connect(("127.0.0.1", server.port))
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # never finished
+            held.append(sock)
+        time.sleep(0.5)
+        closed = 0
+        for sock in held:
+            sock.settimeout(0.2)
+            try:
+                closed += sock.recv(1024) == b""
+            except ConnectionResetError:  # closed with our unread head in its buffer
+                closed += 1
+            except TimeoutError:
+                continue
+        assert closed == 20  # beyond its 5, each connection of the address was closed on arrival
+        with httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.5"), timeout=10) as other:
+            assert other.get(f"{server.url}/healthz").status_code == 200
+    finally:
+        for sock in held:
+            sock.close()
+        server.stop()
+
+
+def test_connection_caps_must_be_positive(tmp_path: Path) -> None:
+    for option in ("--max-connections", "--max-connections-per-source"):
+        result = subprocess.run(
+            [*CLI, "serve", "--state", str(tmp_path / "state"), option, "0"], capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 2, result.stderr
+        assert option in result.stderr
 
 
 # ----------------------------------------------------------------------------------------- rate limits
@@ -357,6 +429,36 @@ def test_odd_principal_names_are_refused_and_old_ones_revocable(ks: Server) -> N
 
     ks.admin_cli("token", "revoke", "--id", token_id(drop))
     assert store.principal_for(drop) is None and store.principal_for(keep) == principal
+
+
+def test_names_and_key_ids_cannot_forge_lines_in_the_text_views(ks: Server, tmp_path: Path) -> None:
+    """A client's header key id, or a principal name an older version accepted, with a newline in it: the key id
+    is refused (never stored), and the text views of the audit log and the token list escape what they show."""
+    import numpy as np
+
+    import pycryptotensors.numpy as ct_np
+
+    forged = "2001-01-01 00:00:00  allow  release       alice        acme           10.0.0.1        released"
+    path = tmp_path / "forged-kid.ct"
+    ct_np.save_file({"w": np.ones(3, np.float32)}, path,
+                    config={"enc_key": pc.generate_master_key(kid="x\n" + forged),
+                            "sign_key": pc.generate_signing_key(kid="s")})  # fmt: skip
+    body = Ephemeral().request(header_bytes(path), {}, None).to_json()
+    token = ks.token(unique("forger"))
+    response = httpx.post(f"{ks.url}/v1/release", json=body, headers={"Authorization": f"Bearer {token}"})
+    assert (response.status_code, response.json()["error"]) == (400, "bad_request")
+    assert not [r for r in deny_rows(ks, "bad_request") if "\n" in (r["kid"] or "")]
+
+    store = SqliteStore(ks.state / "keyservice.sqlite3", RootKey.load_or_create(ks.state / "root.key"))
+    legacy = store.add_token("old\n" + forged)  # a name from before the grammar, still usable
+    published = publish(ks, tmp_path, unique("legacy"))
+    response = httpx.post(f"{ks.url}/v1/release", json=Ephemeral().request(header_bytes(published.path), {}, None)
+                          .to_json(), headers={"Authorization": f"Bearer {legacy}"})  # fmt: skip
+    assert (response.status_code, response.json()["error"]) == (403, "no_grant")
+    for view in (("audit", "--limit", "10000"), ("tokens", "list")):
+        lines = ks.admin_cli(*view).stdout.splitlines()
+        assert any("old\\n2001-01-01" in line for line in lines), view
+        assert not any(line.startswith("2001-01-01") for line in lines), view
 
 
 def test_admin_tokens_rotate_and_revoke(tmp_path: Path) -> None:

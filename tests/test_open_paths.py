@@ -217,3 +217,21 @@ def test_a_tampered_chunk_under_a_slice_fails_and_leaves_nothing(tmp_path, confi
             f.get_slice("big")[800:801, :]
         assert np.array_equal(f.get_slice("big")[5:6, 1:3], big[5:6, 1:3])
     assert json.dumps(header)  # the header itself was not touched
+
+
+def test_a_header_that_did_not_verify_is_not_remembered(many, master_key, load_config, monkeypatch) -> None:
+    path, _ = many
+    calls: list[int] = []
+    original = headers.parse_header
+    monkeypatch.setattr(headers, "parse_header", lambda *a: calls.append(1) or original(*a))
+    stranger = {"enc_key": master_key.to_jwk("reference"),
+                "sign_key": pc.generate_signing_key(kid="sign-test").verify_key.to_jwk("reference")}  # fmt: skip
+    for _ in range(2):
+        with pytest.raises(SignatureError):
+            pc.safe_open(path, "np", config=stranger)
+    assert len(calls) == 2  # parsed each time: nothing unverified is kept
+    with pc.safe_open(path, "np", config=load_config):
+        pass
+    with pc.safe_open(path, "np", config=load_config):
+        pass
+    assert len(calls) == 3

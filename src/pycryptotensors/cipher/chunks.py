@@ -144,6 +144,7 @@ def decrypt_chunks(
             _run_spans(chunks, task, source)
     except BaseException:
         out.fill(0)
+        _never_lend_again(out)
         raise
 
 
@@ -159,6 +160,14 @@ def borrowed_output(size: int) -> np.ndarray | None:
     if buf is None or len(buf) < size:
         buf = _scratch.plain = np.empty(max(size, STREAM_PIECE), dtype=np.uint8)
     return buf[:size]
+
+
+def _never_lend_again(out: np.ndarray) -> None:
+    """Retire this thread's lent buffer when ``out`` is it: a call that failed while waiting for the pool (an
+    interrupt) can leave a task running that still writes plaintext into it, which must not land in the
+    result of the thread's next call. That call gets a fresh buffer."""
+    if out.base is not None and out.base is getattr(_scratch, "plain", None):
+        _scratch.plain = None
 
 
 def decrypt_whole(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ from ..errors import CryptoTensorsError, ManifestError, MissingKeyError
 from ..format.crypto_header import KeySlot
 from ..model.check import check_unsigned_folder, verify_folder
 from ..model.folder import MANIFEST_NAME, is_weight_file, list_files
-from ..model.manifest import index_shards, signer_kid
+from ..model.manifest import index_shards, read_manifest_file, signer_kid
 from ..reading.inspect import describe_file, verify_file
 from ..reading.source import is_url
 from ..writing.convert import SUFFIX
@@ -85,8 +86,8 @@ def _verify_folder(root: Path, options: LoadOptions, deep: bool) -> dict[str, An
         raise ManifestError(f"{root}: no file to verify (an empty model folder verifies nothing)")
     sources, trust = options.resolve()
     trust = trust.for_file(root / MANIFEST_NAME)
-    if (root / MANIFEST_NAME).exists():
-        kid = signer_kid((root / MANIFEST_NAME).read_bytes())
+    if os.path.lexists(root / MANIFEST_NAME):  # as the consumer sees it: a dangling link or a FIFO is refused
+        kid = signer_kid(read_manifest_file(root / MANIFEST_NAME))
         keys = sources.verify_keys(KeySlot("ed25519", kid), trust)
         if not keys:
             raise MissingKeyError(f"no publisher key to verify {root / MANIFEST_NAME}: give it with --trust or --key")

@@ -129,6 +129,9 @@ def run_serve(args: argparse.Namespace) -> int:
     need_extra("starlette", "uvicorn", "jwt", *(["hvac"] if args.backend == "openbao" else []))
     if bool(args.tls_cert) != bool(args.tls_key):
         raise ConfigError("give both --tls-cert and --tls-key, or neither")
+    for option in ("max_connections", "max_connections_per_source"):
+        if getattr(args, option) < 1:
+            raise ConfigError(f"--{option.replace('_', '-')} must be at least 1")
     attestation_options = (args.attestation_jwks, args.attestation_issuer, args.attestation_audience)
     if any(attestation_options) and not all(attestation_options):
         raise ConfigError(
@@ -163,6 +166,7 @@ def run_serve(args: argparse.Namespace) -> int:
             args.keep_alive,
             args.max_connections,
             args.access_log,
+            max_connections_per_source=args.max_connections_per_source,
         )
     )
     return 0
@@ -191,17 +195,25 @@ def _when(value: float | None) -> str:
     return "-" if value is None else f"{datetime.datetime.fromtimestamp(value, datetime.UTC):%Y-%m-%d %H:%M:%S}"
 
 
+def _shown(value: Any) -> str:
+    """A value from the service for one line of text: control and other unprintable characters escaped, so that
+    a name or key id (a client's header, a principal made before the name grammar) cannot forge lines."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(value))
+
+
 def _table(rows: list[list[Any]], empty: str) -> str:
     if not rows:
         return empty
-    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows)
+    rows = [[_shown(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows)
 
 
 def _grant_text(g: dict[str, Any]) -> str:
     uses = f"{g['uses']}/{g['max_uses'] if g['max_uses'] is not None else 'unlimited'}"
     state = "revoked" if g["revoked"] else "active"
-    return f"grant {g['id']}: {g['principal']} -> {g['kid']}, until {_when(g['not_after'])}, uses {uses}, {state}"
+    who = f"{_shown(g['principal'])} -> {_shown(g['kid'])}"
+    return f"grant {_shown(g['id'])}: {who}, until {_when(g['not_after'])}, uses {uses}, {state}"
 
 
 def _token(args: argparse.Namespace, client: Any) -> None:
@@ -293,11 +305,11 @@ def _audit(args: argparse.Namespace, client: Any) -> None:
     records = client.audit(args.limit, args.principal, args.kid, moment(args.since, "--since"))
     lines = []
     for r in records:
-        who = r.get("actor") or r["principal"] or "-"
+        who = _shown(r.get("actor") or r["principal"] or "-")
         count = f" (x{r['count']})" if r.get("count", 1) > 1 else ""
         lines.append(
-            f"{_when(r['time'])}  {r['decision']:<5}  {r.get('action', 'release'):<13} {who:<12} "
-            f"{r['kid'] or '-':<14} {r['client'] or '-':<15} {r['reason']}{count}"
+            f"{_when(r['time'])}  {_shown(r['decision']):<5}  {_shown(r.get('action', 'release')):<13} {who:<12} "
+            f"{_shown(r['kid'] or '-'):<14} {_shown(r['client'] or '-'):<15} {_shown(r['reason'])}{count}"
         )
     emit(args, {"records": records}, "\n".join(lines) or "(no records)")
 
@@ -378,6 +390,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     serve.add_argument("--keep-alive", type=float, default=5.0, metavar="S", help="seconds an idle connection is kept")
     serve.add_argument("--max-connections", type=int, default=256, metavar="N", help="connections at once (503 beyond)")
+    serve.add_argument(
+        "--max-connections-per-source",
+        type=int,
+        default=64,
+        metavar="N",
+        help="open connections from one client address (more are closed at once)",
+    )
     serve.add_argument(
         "--failures-per-minute",
         type=float,

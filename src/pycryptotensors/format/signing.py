@@ -59,7 +59,9 @@ def _as_written(header: Header, raw: bytes) -> bytes | None:
     behind the re-serialized metadata, with no per-tensor work. It is safe to verify: the raw text is
     ``{"__metadata__":`` + the exact serialization of the parsed metadata + ``rest``, and the message is the
     same with the signature left out, so both parse to the same tensors (a second ``__metadata__`` in
-    ``rest`` was refused as a duplicate key when the header was parsed).
+    ``rest`` was refused as a duplicate key when the header was parsed). A ``\\u`` escape in ``rest`` takes
+    the canonical path: only it refuses a tensor name holding a lone surrogate (``"\\ud800"``, §9.3), which
+    bytes as written would carry through into the verified header.
     """
     metadata = header.metadata
     try:
@@ -74,7 +76,7 @@ def _as_written(header: Header, raw: bytes) -> bytes | None:
     if not raw.startswith(written):
         return None
     rest = raw[len(written) :].rstrip(b" ")
-    if not (rest == b"}" or rest.startswith(b",")):
+    if not (rest == b"}" or rest.startswith(b",")) or b"\\u" in rest:
         return None
     return ('{"__metadata__":{' + signed + "}").encode("utf-8") + rest
 

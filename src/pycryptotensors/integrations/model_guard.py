@@ -9,6 +9,10 @@ for a path, or a signed manifest covers it, this module refuses such checkpoints
 - transformers' ``modeling_utils.load_state_dict`` (4.57 and 5.x), before it picks ``torch.load``;
 - vLLM's ``weight_utils`` pickle iterators (``pt_weights_iterator`` and friends), before anything is read.
 
+Remote code (``trust_remote_code``) runs before any shard is opened, so transformers'
+``dynamic_module_utils.get_cached_module_file`` checks the whole local folder first (its manifest, or a
+missing manifest where a publisher is pinned or encryption required): tampered code is refused, not run.
+
 It also refuses a shard index (``model.safetensors.index.json``) whose entries leave the model folder
 (``../other/x.safetensors`` or an absolute path), in transformers' ``get_checkpoint_shard_files``, always.
 
@@ -29,14 +33,23 @@ from typing import Any
 
 from ..errors import ManifestError, NotEncryptedError
 from ..keys.trust import Trust
-from ..model.folder import SHARD_SUFFIX, is_weight_file, manifest_for
+from ..model.folder import MANIFEST_NAME, SHARD_SUFFIX, is_weight_file, manifest_for
 from ..model.origin import unknown_origin_trust
 
-__all__ = ["arm", "check_checkpoint", "check_index", "check_shard_list", "check_shard_path", "manifest_for", "unknown_origin_trust"]
+__all__ = [
+    "arm",
+    "check_checkpoint",
+    "check_index",
+    "check_shard_list",
+    "check_shard_path",
+    "manifest_for",
+    "unknown_origin_trust",
+]
 
 _MARK = "__pycryptotensors_guard__"
 TORCH = "torch"
 TRANSFORMERS = "transformers.modeling_utils"
+REMOTE_CODE = "transformers.dynamic_module_utils"
 VLLM = "vllm.model_executor.model_loader.weight_utils"
 VLLM_ITERATORS = ("pt_weights_iterator", "multi_thread_pt_weights_iterator", "np_cache_weights_iterator")
 
@@ -91,6 +104,27 @@ def _check_signed_folder(manifest: Path, trust: Trust, options: Any) -> None:
     if not keys:
         raise ManifestError(f"{manifest}: no trusted publisher key to check the signed model folder with")
     verify_folder(manifest.parent, keys)
+
+
+def check_code_folder(directory: Any) -> None:
+    """Remote code (``trust_remote_code``) about to be copied and run from a local model folder: check the
+    whole folder first, as opening a shard would, since the code runs before any shard is opened."""
+    if not isinstance(directory, str | os.PathLike) or not os.path.isdir(directory):
+        return  # a Hub repository id: fetched, then loaded from the Hub's cache (not covered, docs/SECURITY.md)
+    marker = os.path.join(os.path.abspath(directory), MANIFEST_NAME)
+    trust, options = _trust()
+    for_file = trust.for_file(marker)
+    manifest = manifest_for(marker)
+    if manifest is not None:
+        _check_signed_folder(manifest, for_file, options)
+    elif for_file.signers or for_file.require_encryption:
+        from ..model.check import check_unsigned_folder
+
+        check_unsigned_folder(Path(os.path.abspath(directory)))
+
+
+def _code_check(pretrained_model_name_or_path: Any, *args: Any, **kwargs: Any) -> None:
+    check_code_folder(pretrained_model_name_or_path)
 
 
 def check_shard_list(folder: str | os.PathLike[str], files: Iterable[str | os.PathLike[str]]) -> None:
@@ -167,6 +201,15 @@ def _load_state_dict_check(checkpoint_file: Any, *args: Any, **kwargs: Any) -> N
         check_checkpoint(checkpoint_file)
 
 
+def _pretrained_check(*args: Any, **kwargs: Any) -> None:
+    """transformers 5.x ``_load_pretrained_model(model, state_dict, checkpoint_files, load_config)``: with
+    ``disable_mmap`` it reads each shard as bytes itself (no ``load_state_dict``), so check them by path here."""
+    files = kwargs.get("checkpoint_files", args[2] if len(args) > 2 else None)
+    for file in files or ():
+        if isinstance(file, str | os.PathLike) and os.fspath(file).endswith(SHARD_SUFFIX):
+            check_shard_path(file)
+
+
 def _vllm_check(*args: Any, **kwargs: Any) -> None:
     for path in _paths_in(args, kwargs):
         check_checkpoint(path)
@@ -197,6 +240,12 @@ def patch(name: str, module: ModuleType) -> None:
     elif name == TRANSFORMERS:
         _replace(module, "load_state_dict", lambda f: _guard(f, _load_state_dict_check))
         _replace(module, "get_checkpoint_shard_files", _shard_files)
+        model_class = getattr(module, "PreTrainedModel", None)
+        raw = vars(model_class).get("_load_pretrained_model") if isinstance(model_class, type) else None
+        if isinstance(raw, staticmethod) and not getattr(raw.__func__, _MARK, False):  # 5.x (4.57: a classmethod)
+            model_class._load_pretrained_model = staticmethod(_guard(raw.__func__, _pretrained_check))  # type: ignore[union-attr]
+    elif name == REMOTE_CODE:
+        _replace(module, "get_cached_module_file", lambda f: _guard(f, _code_check))
     elif name == VLLM:
         for attribute in VLLM_ITERATORS:
             _replace(module, attribute, lambda f: _guard(f, _vllm_check))
@@ -224,7 +273,7 @@ class GuardHook:
     """A meta path finder that wraps the loaders of the guarded modules (and nothing else)."""
 
     def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
-        if name not in (TORCH, TRANSFORMERS, VLLM):
+        if name not in (TORCH, TRANSFORMERS, REMOTE_CODE, VLLM):
             return None
         for finder in sys.meta_path:
             if finder is self or not hasattr(finder, "find_spec"):
@@ -241,7 +290,7 @@ def arm() -> None:
     """Guard the modules already imported, and hook those imported later (idempotent)."""
     if not any(isinstance(finder, GuardHook) for finder in sys.meta_path):
         sys.meta_path.insert(0, GuardHook())
-    for name in (TORCH, TRANSFORMERS, VLLM):
+    for name in (TORCH, TRANSFORMERS, REMOTE_CODE, VLLM):
         module = sys.modules.get(name)
         if module is not None:
             patch(name, module)

@@ -47,6 +47,7 @@ class ServeConfig:
     keep_alive: float = 5.0  # seconds an idle keep-alive connection is kept
     max_connections: int = 256  # beyond this many connections or requests in flight, 503
     access_log: str = "text"  # "text", "json" or "off"
+    max_connections_per_source: int = 64  # one address beyond this many open connections: closed at once
 
 
 def prepare_state(state_dir: Path) -> None:
@@ -85,14 +86,20 @@ def open_store(config: ServeConfig) -> Store:
     return store
 
 
-def guarded_protocol(header_timeout: float) -> type:
+def guarded_protocol(header_timeout: float, per_source: int | None = None) -> type:
     """uvicorn's h11 protocol with a deadline for the request head: a connection that has not sent a complete
     request line and headers within ``header_timeout`` seconds of connecting (or of its last answer) is closed.
-    uvicorn itself only times out idle keep-alive connections, so half-sent requests would stay open."""
+    uvicorn itself only times out idle keep-alive connections, so half-sent requests would stay open.
+
+    ``per_source``: at most this many open connections per client address; more are closed on arrival, so
+    that one address cannot hold every slot of ``--max-connections`` (and answer 503 to everyone else)."""
     from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    open_by_source: dict[str, int] = {}  # one event loop: no lock needed
 
     class HeaderDeadline(H11Protocol):
         _deadline: Any = None
+        _source: str | None = None
 
         def _arm(self) -> None:
             if self._deadline is None:
@@ -110,6 +117,13 @@ def guarded_protocol(header_timeout: float) -> type:
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
+            if per_source is not None:
+                peer = transport.get_extra_info("peername")
+                self._source = str(peer[0]) if peer else "?"
+                open_by_source[self._source] = open_by_source.get(self._source, 0) + 1
+                if open_by_source[self._source] > per_source:
+                    transport.close()
+                    return
             self._arm()
 
         def data_received(self, data: bytes) -> None:
@@ -121,6 +135,13 @@ def guarded_protocol(header_timeout: float) -> type:
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
+            if self._source is not None:
+                left = open_by_source.get(self._source, 1) - 1
+                if left > 0:
+                    open_by_source[self._source] = left
+                else:
+                    open_by_source.pop(self._source, None)
+                self._source = None
             super().connection_lost(exc)
 
     return HeaderDeadline
@@ -172,7 +193,8 @@ def banner(config: ServeConfig, port: int) -> list[str]:
         f"  attestation:  {f'issuer {attestation}' if attestation else 'off'}",
         f"  limits:       body {config.limits.max_body} bytes, JSON depth {config.limits.max_depth}, header timeout "
         f"{config.header_timeout:g} s, body timeout {config.limits.body_timeout:g} s, keep-alive "
-        f"{config.keep_alive:g} s, {config.max_connections} connections, "
+        f"{config.keep_alive:g} s, {config.max_connections} connections "
+        f"({config.max_connections_per_source} per source), "
         f"{config.limits.failures_per_minute:g} failures/min per source and token",
         f"  access log:   {config.access_log} (stderr)",
     ]
@@ -206,7 +228,13 @@ def serve(config: ServeConfig) -> None:
             app,
             ssl_certfile=config.tls_cert,
             ssl_keyfile=config.tls_key,
-            http=guarded_protocol(config.header_timeout),
+            # the per-source cap applies only below the global one (with equal caps the global 503 decides)
+            http=guarded_protocol(
+                config.header_timeout,
+                config.max_connections_per_source
+                if config.max_connections_per_source < config.max_connections
+                else None,
+            ),
             timeout_keep_alive=int(max(1, config.keep_alive)),
             limit_concurrency=config.max_connections,
             # uvicorn's default trusts X-Forwarded-For from 127.0.0.1: any local process, or a proxy on loopback

@@ -28,7 +28,7 @@ from ..format.signing import verify_header
 from ..policy.rego import evaluate_policy
 from .attestation import AttestationError, AttestationVerifier
 from .protocol import ReleaseRequest, b64e, header_digest, publisher_request_header, seal
-from .refusal import RefusedError
+from .refusal import MAX_KID, RefusedError, check_kid
 from .store import AuditRecord, Grant, Model, Store
 
 __all__ = ["Context", "RefusedError", "ReleaseService"]
@@ -138,6 +138,12 @@ class ReleaseService:
             raise RefusedError("bad_request", f"invalid request or header: {error}") from None
         if crypto is None:
             raise RefusedError("bad_request", "the header is not an encrypted CryptoTensors header")
+        try:  # a key id no model can be registered under, kept out of the audit log (a forged line in its text view)
+            if crypto.enc.kid:
+                check_kid(crypto.enc.kid)
+        except RefusedError:
+            raise RefusedError("bad_request", "the header's key id is not a printable string of at most "
+                               f"{MAX_KID} characters") from None  # fmt: skip
         ctx.kid = crypto.enc.kid
         grants = self.store.grants_for(principal, crypto.enc.kid) if crypto.enc.kid else []
         if not grants:

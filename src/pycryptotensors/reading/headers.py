@@ -4,8 +4,8 @@ Frameworks open a file more than once (transformers: once for its metadata, once
 validating a header of thousands of tensors, and hashing it for the signature, is most of what an open
 costs, and both are functions of the header bytes alone (and of the file size, which the validation checks
 the offsets against). So the results are kept, keyed by the exact bytes: a file whose header changed in any
-byte is parsed and verified afresh. Failures are never kept. Only headers up to ``CACHED_HEADER_BYTES`` are
-remembered, at most ``CACHED_HEADERS`` of them, so a hostile file cannot pin much memory.
+byte is parsed and verified afresh. Only headers that verified under a trusted key are kept (a hostile file
+pins nothing), failures never, at most ``CACHED_HEADERS`` headers of up to ``CACHED_HEADER_BYTES`` each.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from ..format.crypto_header import CryptoHeader, parse_crypto_header
 from ..format.header import PREFIX_SIZE, Header, parse_header
 from ..format.signing import verify_header
 
-CACHED_HEADERS = 16
-CACHED_HEADER_BYTES = 4 * 1024 * 1024
+CACHED_HEADERS = 8
+CACHED_HEADER_BYTES = 1024 * 1024
 
 _lock = threading.Lock()
 _parsed: OrderedDict[tuple[bytes, int], tuple[Header, CryptoHeader | None]] = OrderedDict()
@@ -45,21 +45,20 @@ def parsed(header_bytes: bytes, file_size: int) -> tuple[Header, CryptoHeader | 
         return found
     data_start = PREFIX_SIZE + len(header_bytes)
     header = parse_header(header_bytes, data_start, file_size - data_start)
-    result = (header, parse_crypto_header(header))
-    if len(header_bytes) <= CACHED_HEADER_BYTES:
-        _remember(_parsed, key, result)
-    return result
+    return header, parse_crypto_header(header)  # remembered by :func:`verified`, once the signature holds
 
 
 def verified(
-    public_keys: Sequence[Ed25519PublicKey], header: Header, crypto: CryptoHeader, header_bytes: bytes
+    public_keys: Sequence[Ed25519PublicKey], header: Header, crypto: CryptoHeader, header_bytes: bytes, file_size: int
 ) -> None:
-    """:func:`~..format.signing.verify_header`, skipped for bytes one of these keys has verified already."""
+    """:func:`~..format.signing.verify_header`, skipped for bytes one of these keys has verified already.
+    A header that verifies is remembered, parsed, for the next :func:`parsed` of the same bytes and size."""
     raw = [k.public_bytes(Encoding.Raw, PublicFormat.Raw) for k in public_keys]
     if any((header_bytes, r) in _verified for r in raw):
         return
     verify_header(public_keys, header, crypto.signature, header_bytes)
     if len(header_bytes) <= CACHED_HEADER_BYTES:
+        _remember(_parsed, (header_bytes, file_size), (header, crypto))
         for key, r in zip(public_keys, raw, strict=True):  # remember the key that verified it
             if len(public_keys) == 1 or _verifies(key, header, crypto, header_bytes):
                 _remember(_verified, (header_bytes, r), None)

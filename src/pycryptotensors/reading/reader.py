@@ -258,7 +258,7 @@ def open_file(
     if not candidates:
         raise keys.missing("signature verification key", crypto.sign, master=False)
     try:
-        headers.verified([key.public for key in candidates], header, crypto, header_bytes)
+        headers.verified([key.public for key in candidates], header, crypto, header_bytes, source.size)
     except SignatureError as error:
         raise SignatureError(f"{source.path}: {error}") from None
     if check_folder:  # the whole model folder, against its signed manifest, before any key is released

@@ -45,7 +45,7 @@ def _new_crypto_keys(opened: OpenedFile, master: MasterKey | None, signer: Signi
 def _new_encryption(opened: OpenedFile, master: MasterKey) -> str:
     entries = loads_strict(opened.header.metadata[ENCRYPTION], ENCRYPTION)
     for name, entry in entries.items():
-        wrapped, key_iv, key_tag = wrap_key(opened.crypto.cipher, master.secret, opened.data_keys[name])
+        wrapped, key_iv, key_tag = wrap_key(opened.crypto.cipher, master.secret, opened.data_key(name))
         entry.update(wrapped_key=b64encode(wrapped), key_iv=b64encode(key_iv), key_tag=b64encode(key_tag))
     return json.dumps(entries, separators=(",", ":"), ensure_ascii=False)
 
