@@ -20,10 +20,10 @@ def is_target(name):
 
 
 class _PatchingLoader:
-    """Delegates to the real loader, then lets pycryptotensors patch the freshly executed module."""
+    """Delegates to the real loader, then lets the hook patch the freshly executed module."""
 
-    def __init__(self, loader, name):
-        self._loader, self._name = loader, name
+    def __init__(self, loader, name, hook):
+        self._loader, self._name, self._hook = loader, name, hook
 
     def create_module(self, spec):
         return self._loader.create_module(spec)
@@ -31,21 +31,28 @@ class _PatchingLoader:
     def exec_module(self, module):
         self._loader.exec_module(module)
         try:
-            from pycryptotensors.integrations import transparent
-
-            transparent.patch_module(self._name, module)
-        except Exception as error:
-            sys.stderr.write(f"pycryptotensors: transparent loading not active: {error}\n")
+            self._hook.patch(self._name, module)
+        except Exception as error:  # never break the import of the module itself
+            sys.stderr.write(f"pycryptotensors: {self._hook.what} not active for {self._name}: {error}\n")
 
     def __getattr__(self, attribute):
         return getattr(self._loader, attribute)
 
 
-class SafetensorsHook:
-    """A meta path finder that wraps the loaders of the safetensors modules (and nothing else)."""
+class PatchingHook:
+    """A meta path finder that wraps the loaders of the modules ``targets`` names (and nothing else), so that
+    ``patch(name, module)`` runs as each is imported. Subclasses say which modules and what to do."""
+
+    what = "patch"
+
+    def targets(self, name):
+        raise NotImplementedError
+
+    def patch(self, name, module):
+        raise NotImplementedError
 
     def find_spec(self, name, path=None, target=None):
-        if not is_target(name):
+        if not self.targets(name):
             return None
         for finder in sys.meta_path:
             if finder is self or not hasattr(finder, "find_spec"):
@@ -53,9 +60,23 @@ class SafetensorsHook:
             spec = finder.find_spec(name, path, target)
             if spec is not None:
                 if spec.loader is not None and hasattr(spec.loader, "exec_module"):
-                    spec.loader = _PatchingLoader(spec.loader, name)
+                    spec.loader = _PatchingLoader(spec.loader, name, self)
                 return spec
         return None
+
+
+class SafetensorsHook(PatchingHook):
+    """safetensors' modules, patched by transparent mode."""
+
+    what = "transparent loading"
+
+    def targets(self, name):
+        return is_target(name)
+
+    def patch(self, name, module):
+        from pycryptotensors.integrations import transparent
+
+        transparent.patch_module(name, module)
 
 
 def install():

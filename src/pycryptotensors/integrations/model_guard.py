@@ -31,6 +31,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from _pycryptotensors_startup import PatchingHook
+
 from ..errors import ManifestError, NotEncryptedError
 from ..keys.trust import Trust
 from ..model.folder import MANIFEST_NAME, SHARD_SUFFIX, is_weight_file, manifest_for
@@ -51,6 +53,7 @@ TORCH = "torch"
 TRANSFORMERS = "transformers.modeling_utils"
 REMOTE_CODE = "transformers.dynamic_module_utils"
 VLLM = "vllm.model_executor.model_loader.weight_utils"
+GUARDED = (TORCH, TRANSFORMERS, REMOTE_CODE, VLLM)
 VLLM_ITERATORS = ("pt_weights_iterator", "multi_thread_pt_weights_iterator", "np_cache_weights_iterator")
 
 
@@ -251,46 +254,23 @@ def patch(name: str, module: ModuleType) -> None:
             _replace(module, attribute, lambda f: _guard(f, _vllm_check))
 
 
-class _PatchingLoader:
-    def __init__(self, loader: Any, name: str) -> None:
-        self._loader, self._name = loader, name
+class GuardHook(PatchingHook):
+    """torch, transformers' loading modules and vLLM's weight utilities, guarded as they are imported."""
 
-    def create_module(self, spec: Any) -> Any:
-        return self._loader.create_module(spec)
+    what = "model guard"
 
-    def exec_module(self, module: ModuleType) -> None:
-        self._loader.exec_module(module)
-        try:
-            patch(self._name, module)
-        except Exception as error:  # never break the import of the framework itself
-            sys.stderr.write(f"pycryptotensors: model guard not active for {self._name}: {error}\n")
+    def targets(self, name: str) -> bool:
+        return name in GUARDED
 
-    def __getattr__(self, attribute: str) -> Any:
-        return getattr(self._loader, attribute)
-
-
-class GuardHook:
-    """A meta path finder that wraps the loaders of the guarded modules (and nothing else)."""
-
-    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
-        if name not in (TORCH, TRANSFORMERS, REMOTE_CODE, VLLM):
-            return None
-        for finder in sys.meta_path:
-            if finder is self or not hasattr(finder, "find_spec"):
-                continue
-            spec = finder.find_spec(name, path, target)
-            if spec is not None:
-                if spec.loader is not None and hasattr(spec.loader, "exec_module"):
-                    spec.loader = _PatchingLoader(spec.loader, name)
-                return spec
-        return None
+    def patch(self, name: str, module: ModuleType) -> None:
+        patch(name, module)
 
 
 def arm() -> None:
     """Guard the modules already imported, and hook those imported later (idempotent)."""
     if not any(isinstance(finder, GuardHook) for finder in sys.meta_path):
         sys.meta_path.insert(0, GuardHook())
-    for name in (TORCH, TRANSFORMERS, REMOTE_CODE, VLLM):
+    for name in GUARDED:
         module = sys.modules.get(name)
         if module is not None:
             patch(name, module)
