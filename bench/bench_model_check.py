@@ -33,6 +33,7 @@ from transformers.utils import logging as hf_logging
 
 import pycryptotensors as pc
 from pycryptotensors.integrations import transparent
+from pycryptotensors.keys.access import resolve
 from pycryptotensors.keys.files import write_key_file
 from pycryptotensors.model import check
 from pycryptotensors.model.folder import MANIFEST_NAME
@@ -105,7 +106,7 @@ def main() -> int:
         header = read_header_bytes(source)
         source.close()
         keys_for = [signer.verify_key]
-        trust = pc.LoadOptions().resolve()[1]
+        trust = resolve(pc.LoadOptions()).trust
 
         def uncached() -> None:
             check.clear_cache()

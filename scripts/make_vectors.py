@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # the tamper matrix's mutations become 
 import pycryptotensors as pc  # noqa: E402
 from pycryptotensors.config import SaveOptions  # noqa: E402
 from pycryptotensors.format.dtypes import DTYPES, nbytes_of  # noqa: E402
-from pycryptotensors.numpy import to_data  # noqa: E402
+from pycryptotensors.numpy import FRONTEND  # noqa: E402
 from pycryptotensors.writing.writer import TensorData, encrypt_file  # noqa: E402
 
 OUT = ROOT / "testdata"
@@ -119,7 +119,7 @@ def _invalid_vectors(w: Writer) -> None:
             w.vectors.append(
                 {"file": "valid/tamper-base-v2.safetensors", "description": "the file the tamper vectors alter",
                  "expect": "valid", "master_key": "aes256gcm",
-                 "tensors": _digests([to_data(n, a) for n, a in sample.tensors.items()])}
+                 "tensors": _digests([FRONTEND.to_bytes(n, a) for n, a in sample.tensors.items()])}
             )  # fmt: skip
         for case in tamper.CASES:
             if version not in case.versions or case.expect in (tamper.UNCHANGED, tamper.EITHER):

@@ -10,7 +10,7 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 "$VENV/bin/python" -m pip install -q --upgrade pip
 "$VENV/bin/python" -m pip install -q "torch==2.13.0"
-"$VENV/bin/python" -m pip install -q -e ".[torch,server,test,bench,remote]"
+"$VENV/bin/python" -m pip install -q -e ".[torch,server,test,bench,remote,docs]"
 # Editable installs skip build hooks: add the start-up hook of transparent mode by hand (wheels ship it).
 "$VENV/bin/python" -m pycryptotensors.integrations.transparent install >/dev/null
 "$VENV/bin/python" - <<'PY'

@@ -11,6 +11,11 @@ bash scripts/setup-vllm-venv.sh
 bash scripts/setup-frameworks-venv.sh
 VENV=${VENV:-.venv}
 "$VENV/bin/ruff" check src tests bench scripts testdata setup.py
+bash scripts/typecheck.sh
+# the API reference builds from the docstrings without a warning (mkdocs.yml; into a temporary folder)
+DOCS_SITE=$(mktemp -d)
+"$VENV/bin/mkdocs" build --strict --quiet --site-dir "$DOCS_SITE/site"
+rm -rf "$DOCS_SITE"
 LOWEST=${VENV_LOWEST:-.venv-lowest}
 # Hypothesis draws from a seed printed here, so a failure in CI can be replayed with HYPOTHESIS_SEED=...
 SEED=${HYPOTHESIS_SEED:-$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')}

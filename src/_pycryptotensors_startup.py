@@ -79,12 +79,12 @@ class SafetensorsHook(PatchingHook):
         transparent.patch_module(name, module)
 
 
-def install():
+def install() -> None:
     if not any(isinstance(finder, SafetensorsHook) for finder in sys.meta_path):
         sys.meta_path.insert(0, SafetensorsHook())
 
 
-def uninstall():
+def uninstall() -> None:
     sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, SafetensorsHook)]
 
 

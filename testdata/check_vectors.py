@@ -30,6 +30,7 @@ def pycryptotensors_load(path: Path, master: dict[str, Any], verify: dict[str, A
     """The adapter for pycryptotensors: raw bytes of every tensor, through the reader the library uses."""
     import pycryptotensors as pc
     from pycryptotensors.config import LoadOptions
+    from pycryptotensors.keys.access import resolve
     from pycryptotensors.reading.reader import open_file
     from pycryptotensors.reading.source import FileSource
 
@@ -42,7 +43,7 @@ def pycryptotensors_load(path: Path, master: dict[str, Any], verify: dict[str, A
     )
     source = FileSource(path)
     try:
-        opened = open_file(source, options, "np", "cpu")
+        opened = open_file(source, resolve(options), "np", "cpu")
         if opened is None:
             raise pc.FormatError(f"{path} is a plain safetensors file")
         return {

@@ -21,6 +21,7 @@ import numpy as np
 
 import pycryptotensors as pc
 import pycryptotensors.numpy as pn
+from helpers import same  # noqa: F401 - the fuzz and tamper tests import it from here
 
 CRYPTO_KEYS, ENCRYPTION, POLICY, SIGNATURE, EXTENSIONS = (
     "__crypto_keys__",
@@ -240,9 +241,3 @@ def make_sample(master_key: pc.MasterKey, signing_key: pc.SigningKey, version: s
     data = pn.save(tensors, metadata=USER_METADATA, config=config)
     load_config = {"enc_key": master_key.to_jwk("reference"), "sign_key": signing_key.verify_key.to_jwk("reference")}
     return Sample(data, tensors, version, signing_key, load_config)
-
-
-def same(value: Any, original: np.ndarray) -> bool:
-    """Exactly the original: dtype, shape and bytes (torch tensors are compared through NumPy)."""
-    array = value.numpy() if hasattr(value, "numpy") and not isinstance(value, np.ndarray) else np.asarray(value)
-    return array.dtype == original.dtype and array.shape == original.shape and array.tobytes() == original.tobytes()

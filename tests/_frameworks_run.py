@@ -43,9 +43,9 @@ MODULES = {
 }
 BASE = ["BOOL", "U8", "I8", "U16", "I16", "F16", "U32", "I32", "F32", "U64", "I64", "F64", "C64"]
 DTYPES = {
-    "numpy": [*BASE, "BF16", "F8_E4M3", "F8_E5M2", "F8_E8M0"],
+    "numpy": [*BASE, "BF16", "F8_E4M3", "F8_E5M2", "F8_E8M0", "F4"],  # F4 as ml_dtypes.float4_e2m1fn
     "torch": [*BASE, "BF16", "F8_E4M3", "F8_E5M2", "F8_E8M0", "F4"],
-    "flax": [*BASE, "BF16", "F8_E4M3", "F8_E5M2", "F8_E8M0"],
+    "flax": [*BASE, "BF16", "F8_E4M3", "F8_E5M2", "F8_E8M0", "F4"],
     "tensorflow": [*BASE, "BF16", "F8_E4M3", "F8_E5M2"],
     "paddle": [*BASE, "BF16", "F8_E4M3", "F8_E5M2"],
     "mlx": [*BASE, "BF16"],
@@ -132,7 +132,7 @@ def parse(data: bytes) -> dict[str, tuple[str, list[int], bytes]]:
 def fingerprint(tensor: Any, frontend: Any) -> tuple[str, list[int], str]:
     if FRAMEWORK == "torch":
         tensor = tensor.contiguous()  # safetensors' own loads may hand out strided views
-    data = frontend.to_data("t", tensor)
+    data = frontend.FRONTEND.to_bytes("t", tensor)
     return data.dtype.name, list(data.shape), hashlib.sha256(bytes(data.data)).hexdigest()
 
 
@@ -167,6 +167,9 @@ def write() -> None:
                 if len(shape) == 0:
                     continue
                 array = np.random.default_rng(i * 10 + j).integers(0, 256, shape, dtype=np.uint8)
+                if FRAMEWORK != "torch":  # one value a byte (ml_dtypes), the first of each pair in the low nibble
+                    array = np.stack([array & 0x0F, array >> 4], axis=-1).reshape(*shape[:-1], shape[-1] * 2)
+                    array = array.view(ml_dtypes.float4_e2m1fn)
             else:
                 array = np.asarray(values(dtype, shape, i * 10 + j))
             tensors[f"{dtype}.{j}"] = native(array, dtype)
@@ -176,7 +179,7 @@ def write() -> None:
             dtype, shape, raw = parse(plain.save({name: tensor}))[name]
             oracle = "safetensors"
         except Exception:  # safetensors' module lacks the dtype: our own bytes are the oracle
-            data = ours.to_data(name, tensor)
+            data = ours.FRONTEND.to_bytes(name, tensor)
             dtype, shape, raw, oracle = data.dtype.name, list(data.shape), bytes(data.data), "ours"
         manifest[name] = {"dtype": dtype, "shape": shape, "bytes": base64.b64encode(raw).decode(), "oracle": oracle}
         check(dtype == name.split(".")[0], f"{name}: written as {dtype}")

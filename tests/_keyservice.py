@@ -9,7 +9,6 @@ import gc
 import ipaddress
 import json
 import os
-import socket
 import ssl
 import subprocess
 import time
@@ -24,14 +23,9 @@ import numpy as np
 import pycryptotensors as pc
 import pycryptotensors.numpy as ct_np
 from _command import CLI
+from helpers import assert_same_tensors, free_port, run_cli
 from pycryptotensors.keyservice.admin import AdminClient
 from pycryptotensors.keyservice.provider import KeyServiceProvider
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def closed_url() -> str:
@@ -40,10 +34,8 @@ def closed_url() -> str:
 
 
 def cli(*args: Any, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, timeout=60, env=env, check=False)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{args} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
-    return result
+    """The command, which must succeed unless ``check`` is False (tests/helpers.py: never a traceback)."""
+    return run_cli(*args, check=check, env=env, timeout=60)
 
 
 class Server:
@@ -196,10 +188,7 @@ def load(published: Published | Path, provider: Any, claims: dict[str, Any] | No
 
 
 def assert_same(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> None:
-    assert set(got) == set(want)
-    for name, value in want.items():
-        assert got[name].dtype == value.dtype and got[name].shape == value.shape, name
-        np.testing.assert_array_equal(got[name], value)
+    assert_same_tensors(want, got)
 
 
 def header_bytes(path: Path) -> bytes:

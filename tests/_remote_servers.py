@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import unquote
 
 Fault = str | tuple[str, float] | Callable[[], None]
 
@@ -32,14 +33,17 @@ class _Counters:
         self.bytes = 0
         self.faults: list[Fault] = []
         self.latency = 0.0  # added to every GET
+        self.log: list[tuple[str, str]] = []  # (path without query, Range header) of every GET, in order
 
     def reset(self) -> None:
         with self.lock:
             self.requests = self.bytes = 0
+            self.log.clear()
 
-    def next_fault(self) -> Fault | None:
+    def next_fault(self, path: str = "", range_: str = "") -> Fault | None:
         with self.lock:
             self.requests += 1
+            self.log.append((path.split("?", 1)[0], range_))
             return self.faults.pop(0) if self.faults else None
 
     def sent(self, n: int) -> None:
@@ -57,7 +61,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         counters: _Counters = self.server.counters
-        fault = counters.next_fault()
+        fault = counters.next_fault(self.path, self.headers.get("Range", ""))
         if counters.latency:
             time.sleep(counters.latency)
         if callable(fault):
@@ -155,7 +159,7 @@ class ObjectServer(_Running):
 
     def _answer(self, request: BaseHTTPRequestHandler) -> tuple[int, dict[str, str], bytes]:
         self.last_headers = dict(request.headers.items())
-        name = request.path.split("?", 1)[0].lstrip("/")
+        name = unquote(request.path.split("?", 1)[0].lstrip("/"))  # obstore's GCS client escapes '/' and '.'
         if name not in self.objects:
             return 404, {}, b"no such object"
         data, etag = self.objects[name]
@@ -170,6 +174,7 @@ class ObjectServer(_Running):
         if first >= len(data):
             return 416, {"Content-Range": f"bytes */{len(data)}"}, b""
         headers = {"ETag": etag, "Content-Range": f"bytes {first}-{last}/{len(data)}", "Accept-Ranges": "bytes"}
+        headers["Last-Modified"] = "Tue, 08 Dec 2026 00:00:00 GMT"  # object_store's GCS and Azure clients need it
         return 206, headers, data[first : last + 1]
 
 

@@ -21,8 +21,9 @@ from _command import CLI
 from pycryptotensors.cipher import aead
 from pycryptotensors.cipher import chunks as chunk_module
 from pycryptotensors.config import load_options
+from pycryptotensors.convert.rewrap import rewrap_file
+from pycryptotensors.format import algorithms as algorithms_module
 from pycryptotensors.reading.inspect import verify_file
-from pycryptotensors.writing.rewrap import rewrap_file
 
 ALGORITHMS = sorted(aead.ALGORITHMS)
 BIG = chunk_module.STREAM_PIECE * 3 + 12345  # several streamed pieces and a ragged end
@@ -62,13 +63,12 @@ class _Apart:
 @pytest.fixture
 def apart(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every algorithm the code looks up hands out guarded ciphers and contexts."""
-    for name, alg in aead.ALGORITHMS.items():
-        guarded = dataclasses.replace(alg, factory=lambda key, cls=alg.factory: _Apart(cls(key)))
-        monkeypatch.setitem(aead.ALGORITHMS, name, guarded)
-        monkeypatch.setitem(aead._ALIASES, alg.jwk_name.lower(), guarded)
-    real_decryptor, real_encryptor = aead.Algorithm.decryptor, aead.Algorithm.encryptor
-    monkeypatch.setattr(aead.Algorithm, "decryptor", lambda self, *a: _Apart(real_decryptor(self, *a)))
-    monkeypatch.setattr(aead.Algorithm, "encryptor", lambda self, *a: _Apart(real_encryptor(self, *a)))
+    for name, primitive in list(aead._PRIMITIVES.items()):  # every one-shot AEAD, wherever it is made
+        monkeypatch.setitem(aead._PRIMITIVES, name, lambda key, cls=primitive: _Apart(cls(key)))
+    for module in (aead, chunk_module):  # the incremental contexts, under each name they are called by
+        for function in ("gcm_decryptor", "gcm_encryptor"):
+            real = getattr(aead, function)
+            monkeypatch.setattr(module, function, lambda *a, real=real: _Apart(real(*a)))
 
 
 def _tensors() -> dict[str, np.ndarray]:
@@ -94,8 +94,7 @@ def _config(master: pc.MasterKey, signer: pc.SigningKey, version: str) -> dict:
 
 def test_the_guard_catches_an_in_place_call(apart: None) -> None:
     """The guard is not vacuous: the pattern cryptography 51 refuses fails here too, on any release."""
-    key = aead.ALGORITHMS["aes256gcm"]
-    cipher = key.new(bytes(32))
+    cipher = aead.new_cipher(aead.ALGORITHMS["aes256gcm"], bytes(32))
     buf = np.zeros(64 + aead.TAG_SIZE, dtype=np.uint8)
     view = memoryview(buf)
     with pytest.raises(AssertionError, match="overlapping"):
@@ -174,9 +173,10 @@ def test_library_errors_become_ours(tmp_path, monkeypatch: pytest.MonkeyPatch) -
                 return refuse
 
         for name, alg in list(aead.ALGORITHMS.items()):
-            refusing = dataclasses.replace(alg, factory=Refusing, streams=False)
-            monkeypatch.setitem(aead.ALGORITHMS, name, refusing)
-            monkeypatch.setitem(aead._ALIASES, alg.jwk_name.lower(), refusing)
+            one_shot = dataclasses.replace(alg, streams=False)  # every call through the refusing one-shot AEAD
+            monkeypatch.setitem(aead.ALGORITHMS, name, one_shot)
+            monkeypatch.setitem(algorithms_module._ALIASES, alg.jwk_name.lower(), one_shot)
+            monkeypatch.setitem(aead._PRIMITIVES, name, Refusing)
         with pytest.raises(pc.CipherError, match="data and buf must not overlap") as caught:
             ct_np.load_file(path, config=pc.KeyRing([master, signer.verify_key]))
         assert isinstance(caught.value, pc.CryptoTensorsError)

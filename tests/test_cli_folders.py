@@ -37,6 +37,7 @@ from safetensors import safe_open
 import pycryptotensors as pc
 from _command import CLI, ERROR_PREFIX
 from _models import tiny_llama
+from helpers import run_cli
 from pycryptotensors.keys.files import write_key_file, write_secret_file
 from pycryptotensors.writing.sinks import TEMP_PREFIX, AtomicFile, remove_stale_temps
 
@@ -48,11 +49,7 @@ HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
 
 
 def cli(*args: Any, umask: int = -1) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [*CLI, *map(str, args)], capture_output=True, text=True, timeout=300, env=os.environ.copy(), umask=umask
-    )
-    assert "Traceback" not in result.stderr, result.stderr
-    return result
+    return run_cli(*args, umask=umask, timeout=300)
 
 
 def ok(*args: Any, **kwargs: Any) -> subprocess.CompletedProcess[str]:

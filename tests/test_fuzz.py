@@ -3,7 +3,9 @@
 (a) Bytes that are not a file we wrote: pure noise, a plausible length prefix over noise, a generated JSON
 header, and a real header with one of its reserved documents rewritten at a random place (optionally
 re-signed). ``numpy.load`` must raise a CryptoTensorsError, or, for a plain file it hands to safetensors,
-behave exactly as ``safetensors.numpy.load`` does on the same bytes. Nothing else may escape.
+behave exactly as ``safetensors.numpy.load`` does on the same bytes. Nothing else may escape. A refusal of
+bytes that ``safetensors.numpy.load`` accepts must be one of the documented differences (DOCUMENTED_REFUSALS,
+docs/FORMAT.md §13), with that difference's error class.
 
 (b) A valid encrypted file (versions 1 and 2) with bytes changed at random places: every loader must raise
 a CryptoTensorsError or return exactly the saved tensors.
@@ -62,10 +64,77 @@ def is_plain(data: bytes) -> bool:
     return handle is None
 
 
+# The only reasons we may refuse a file that safetensors loads: docs/FORMAT.md §13 ("Files safetensors loads
+# and pycryptotensors refuses") lists the same four. Each is a property of the bytes, computed here without the
+# library, with the error class the refusal must have. Any other refusal of a loadable file fails the test.
+READING_ERRORS = (pc.FormatError, pc.IntegrityError, pc.KeyAccessError, pc.PolicyDeniedError)
+DOCUMENTED_REFUSALS: dict[str, tuple[tuple[type[CryptoTensorsError], ...], str]] = {
+    "crypto-metadata": (READING_ERRORS, "__metadata__ names a reserved key: a CryptoTensors file (§9.7, §10)"),
+    "duplicate-keys": ((pc.FormatError,), "a header our parser reads repeats a JSON key (§9.3)"),
+    "leading-bytes": ((pc.FormatError,), "a header that spells a reserved name does not start with '{' (§9.2)"),
+    "entry-fields": ((pc.FormatError,), "a header that spells a reserved name has an entry with other fields (§9.5)"),
+}
+ENTRY_FIELDS = {"dtype", "shape", "data_offsets"}
+
+
+def documented_reasons(data: bytes) -> set[str]:
+    """Which of DOCUMENTED_REFUSALS apply to ``data`` (read as safetensors would read it)."""
+    size = int.from_bytes(data[:8], "little")
+    raw = data[8 : 8 + size]
+    spelled = any(key.encode() in raw for key in RESERVED)  # §10.1: a reserved name written out
+    duplicates = False
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        nonlocal duplicates
+        duplicates = duplicates or len({key for key, _ in items}) != len(items)
+        return dict(items)
+
+    try:
+        header = json.loads(raw, object_pairs_hook=pairs)
+    except (ValueError, RecursionError):
+        return set()
+    if not isinstance(header, dict):
+        return set()
+    reasons = set()
+    metadata = header.get("__metadata__")
+    if isinstance(metadata, dict) and not set(RESERVED).isdisjoint(metadata):
+        reasons.add("crypto-metadata")
+    ours = spelled or (b"\\u" in raw and (duplicates or reserved_anywhere(header)))  # §10.1's sniff
+    if ours and duplicates:
+        reasons.add("duplicate-keys")
+    if spelled and not raw.startswith(b"{"):
+        reasons.add("leading-bytes")
+    entries = [value for name, value in header.items() if name != "__metadata__"]
+    if spelled and any(isinstance(entry, dict) and set(entry) != ENTRY_FIELDS for entry in entries):
+        reasons.add("entry-fields")
+    return reasons
+
+
+def reserved_anywhere(node: Any) -> bool:
+    if isinstance(node, dict):
+        return not set(RESERVED).isdisjoint(node) or any(reserved_anywhere(v) for v in node.values())
+    return isinstance(node, list) and any(reserved_anywhere(v) for v in node)
+
+
+def check_refusal_is_documented(data: bytes, error: CryptoTensorsError) -> None:
+    """We refused ``data``; if safetensors loads it, the refusal must be one of DOCUMENTED_REFUSALS."""
+    try:
+        safetensors.numpy.load(data)
+    except Exception:
+        return  # safetensors refuses it too
+    reasons = documented_reasons(data)
+    allowed = [r for r in reasons if isinstance(error, DOCUMENTED_REFUSALS[r][0])]
+    assert allowed, (
+        f"refused a file safetensors loads, for no documented reason ({type(error).__name__}: {error}; "
+        f"reasons that apply: {sorted(reasons) or 'none'}): {data[:300]!r}"
+    )
+
+
 def check_arbitrary(data: bytes) -> None:
     try:
         result = pn.load(data, config=LOAD_CONFIG)
-    except CryptoTensorsError:
+    except CryptoTensorsError as error:
+        check_refusal_is_documented(data, error)
         return
     except Exception as exc:
         assert is_plain(data), f"{type(exc).__name__} escaped for a CryptoTensors candidate: {exc}"
@@ -98,6 +167,63 @@ def test_noise_behind_a_plausible_length(payload: bytes, length: int) -> None:
 @given(st.binary(max_size=200), st.sampled_from([b'{"__metadata__":{"__crypto_keys__":', b'{"', b"{", b'{"\\u']))
 def test_noise_behind_a_header_opening(payload: bytes, opening: bytes) -> None:
     check_arbitrary(prefixed(opening + payload, b""))
+
+
+ENTRY = '"dtype":"U8","shape":[1],"data_offsets":[0,1]'
+
+
+def small_file(template: str) -> bytes:
+    """A one-byte file whose header is ``template`` with each ``@`` replaced by a valid U8 entry's fields."""
+    return prefixed(template.replace("@", ENTRY).encode(), b"x")
+
+
+DOCUMENTED_EXAMPLES = {  # one file per documented difference: safetensors loads it, we refuse it
+    "crypto-metadata": '{"__metadata__":{"__crypto_keys__":"{}"},"a":{@}}',
+    "duplicate-keys": '{"__metadata__":{"note":"__policy__"},"a":{@},"a":{@}}',
+    "leading-bytes": ' {"__metadata__":{"note":"__policy__"},"a":{@}}',
+    "entry-fields": '{"__metadata__":{"note":"__policy__"},"a":{@,"extra":1}}',
+}
+
+
+@pytest.mark.parametrize("reason", sorted(DOCUMENTED_REFUSALS))
+def test_each_documented_refusal(reason: str) -> None:
+    """The list is real: each entry names a file that safetensors loads and we refuse, with its error class,
+    and the classifier the fuzz tests use recognises it (and only it, so the reasons do not overlap here)."""
+    data = small_file(DOCUMENTED_EXAMPLES[reason])
+    assert set(safetensors.numpy.load(data)) == {"a"}
+    with pytest.raises(DOCUMENTED_REFUSALS[reason][0]):
+        pn.load(data, config=LOAD_CONFIG)
+    assert documented_reasons(data) == {reason}
+    check_arbitrary(data)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        '{"a":{@,"extra":1}}',  # no reserved name: safetensors' rules
+        '{"a":{@},"a":{@}}',
+        ' {"a":{@}}',
+        '{"\\u0061":{@}}',  # an escape that decodes to nothing reserved
+        '{"__metadata__":{"note":"x"},"__policy__":{@}}',  # a reserved name as a tensor name
+    ],
+)
+def test_loadable_plain_files_are_not_refused(header: str) -> None:
+    """The other side: files that safetensors loads and none of the documented differences covers load."""
+    data = small_file(header)
+    assert documented_reasons(data) == set()
+    loaded = pn.load(data, config=LOAD_CONFIG)
+    expected = safetensors.numpy.load(data)
+    assert set(loaded) == set(expected) and all(same(loaded[k], expected[k]) for k in expected)
+
+
+def test_an_undocumented_refusal_fails_the_check() -> None:
+    """The oracle itself can fail: a refusal of a loadable file with no documented reason is reported."""
+    data = small_file('{"a":{@}}')
+    with pytest.raises(AssertionError, match="no documented reason"):
+        check_refusal_is_documented(data, pc.FormatError("made up"))
+    spelled = small_file(DOCUMENTED_EXAMPLES["entry-fields"])
+    with pytest.raises(AssertionError, match="no documented reason"):  # documented, but with another class
+        check_refusal_is_documented(spelled, pc.IntegrityError("wrong class"))
 
 
 FIELD_NAMES = [

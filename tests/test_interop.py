@@ -157,7 +157,7 @@ def check_ours(path: Path, config: Any, expected: Mapping[str, Any], frontend: M
             view = f.get_slice(name)
             assert view.get_shape() == list(tensor.shape)
             for index in slice_indices(tuple(tensor.shape)):
-                if f.crypto_header() is None and 0 in tensor[index].shape:
+                if not isinstance(f, pc.safe_open) and 0 in tensor[index].shape:
                     continue  # plain files go to safetensors, which refuses empty selections
                 assert fingerprint(view[index]) == fingerprint(tensor[index]), (name, index)
 
@@ -207,10 +207,10 @@ def test_reference_file_loads_in_ours(tmp_path, master_key, signing_key, options
     check_ours(path, config, tensors)
     with pc.safe_open(path, "np", config=config) as f:
         assert f.metadata() is None
-        crypto = f.crypto_header()
-        if options.get("tensors") == []:
-            assert crypto is None
+        if options.get("tensors") == []:  # the reference writes a plain file: safetensors' own handle opens it
+            assert not isinstance(f, pc.safe_open)
         else:
+            crypto = f.crypto_header()
             assert sorted(crypto.encrypted) == sorted(options.get("tensors", tensors))
             assert crypto.version == options.get("version", "2")
             assert crypto.policy_local == options.get("policy", {}).get("local", "package model\nallow = true")

@@ -100,16 +100,40 @@ def test_mismatched_private_and_public_halves(signing_key):
         pc.parse_jwk(jwk)
 
 
-def test_key_material_never_shown(master_key, signing_key, saved):
-    secret = master_key.to_jwk()["k"]
-    seed = signing_key.to_jwk()["d"]
+def test_key_material_never_shown(master_key, signing_key, saved, tmp_path):
+    """No repr and no error message holds key material, whichever error a key problem raises: each failing
+    call below must raise its own documented error (so none of the checks is skipped), and the message of
+    each is searched for every encoding of the keys in play."""
+    other = pc.generate_master_key(kid="enc-test")
+    secrets = {
+        master_key.to_jwk()["k"], master_key.to_jwk("reference")["k"], master_key.secret.hex(),
+        signing_key.to_jwk()["d"], signing_key.to_jwk("reference")["d"], other.to_jwk()["k"], other.secret.hex(),
+    }  # fmt: skip
     texts = [repr(master_key), repr(signing_key), repr(pc.KeyRing([master_key, signing_key])), str(master_key)]
-    try:
-        ct_np.load_file(saved, config=pc.KeyRing([pc.generate_master_key(kid="enc-test"), signing_key]))
-    except pc.WrongKeyError as error:
-        texts.append(str(error))
+    tampered = tmp_path / "tampered.ct"
+    data = bytearray(saved.read_bytes())
+    data[-1] ^= 1  # the last byte of the encrypted tensor
+    tampered.write_bytes(bytes(data))
+    short = {**master_key.to_jwk(), "k": master_key.to_jwk()["k"][:-2]}  # a key of the wrong length
+    failing = [
+        (pc.WrongKeyError, lambda: ct_np.load_file(saved, config=pc.KeyRing([other, signing_key]))),
+        (pc.MissingKeyError, lambda: ct_np.load_file(saved, config=pc.KeyRing([signing_key.verify_key]))),
+        (pc.SignatureError, lambda: ct_np.load_file(
+            saved, config=pc.KeyRing([master_key, pc.generate_signing_key(kid="sign-test").verify_key]))),
+        (pc.IntegrityError, lambda: ct_np.load_file(tampered, config=pc.KeyRing([master_key, signing_key]))),
+        (pc.KeyFormatError, lambda: pc.parse_jwk(short)),
+        (pc.KeyFormatError, lambda: pc.parse_jwk({**master_key.to_jwk(), "alg": "rot13"})),
+        (pc.KeyFormatError, lambda: pc.parse_jwk({**signing_key.to_jwk(), "x": master_key.to_jwk()["k"]})),
+        (pc.ConfigError, lambda: ct_np.save_file(DATA, tmp_path / "x.ct", config={"enc_key": master_key, "sign_key":
+                                                                                   signing_key, "oops": 1})),
+    ]  # fmt: skip
+    for expected, call in failing:
+        with pytest.raises(expected) as caught:
+            call()
+        texts += [str(caught.value), repr(caught.value)]
     for text in texts:
-        assert secret not in text and seed not in text and master_key.secret.hex() not in text
+        for secret in secrets:
+            assert secret not in text, text
 
 
 def test_unknown_options_are_refused(config, tmp_path):

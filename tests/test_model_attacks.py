@@ -23,8 +23,8 @@ import pytest
 import torch
 
 import pycryptotensors as pc
-from _command import CLI
 from _models import tiny_llama
+from helpers import run_cli
 from pycryptotensors.keys.files import write_key_file
 from pycryptotensors.model.folder import MANIFEST_NAME
 from test_model_manifest import minilm_source
@@ -50,8 +50,7 @@ class World:
 
 
 def cli(*args: object) -> None:
-    result = subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, timeout=180)
-    assert result.returncode == 0, result.stderr
+    run_cli(*args, check=True)
 
 
 def env(settings: Path) -> dict[str, str]:
@@ -320,5 +319,5 @@ def test_vllm_default_loader_refuses_bin_downgrade(world: World) -> None:
         cwd=world.root,
         timeout=400,
     )
-    assert result.returncode != 0 and "FAILED bin:" in result.stdout, result.stdout[-6000:]
+    assert result.returncode == 1 and "FAILED bin:" in result.stdout, result.stdout[-6000:]  # 1: a case failed
     assert "RESULT " not in result.stdout and NOT_ENCRYPTED in result.stdout, result.stdout[-6000:]

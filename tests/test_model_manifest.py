@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 
 import pycryptotensors as pc
-from _command import CLI, ERROR_PREFIX
+from _command import ERROR_PREFIX
+from helpers import run_cli
 from pycryptotensors.keys.files import write_key_file
 from pycryptotensors.model import check as model_check
 from pycryptotensors.model.folder import MANIFEST_NAME
@@ -42,10 +43,7 @@ class Keys:
 
 
 def cli(*args: object, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, timeout=180)
-    if check:
-        assert result.returncode == 0, result.stderr
-    return result
+    return run_cli(*args, check=check)
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +136,8 @@ def assert_refused(folder: Path, keys: Keys, names: str, error: type[Exception] 
     assert len(lines) == 1 and lines[0].startswith(ERROR_PREFIX) and names in lines[0], result.stderr
     as_json = cli("verify", folder, "--trust", keys.pub, "--json", check=False)
     report = json.loads(as_json.stdout)
-    assert as_json.returncode == 4 and report["ok"] is False and names in report["message"], as_json.stdout
+    assert as_json.returncode == 4 and report["ok"] is False and names in report["error"]["message"], as_json.stdout
+    assert report["error"]["exit_code"] == 4 and issubclass(getattr(pc.errors, report["error"]["type"]), error), report
 
 
 # ------------------------------------------------------------------------------------------ the manifest itself
@@ -361,7 +360,7 @@ def test_sign_an_encrypted_folder(llama: Path, llama_plain: Path, keys: Keys, co
     model_check.clear_cache()
     assert open_all(folder, ring(keys)) > 2
     again = cli("sign", folder, "--signing-key", keys.signer, check=False)
-    assert again.returncode != 0 and "--force" in again.stderr
+    assert again.returncode == 1 and "--force" in again.stderr  # README: 1 for refusing to overwrite
     (folder / "pytorch_model.bin").write_bytes(b"pickle")
     refused = cli("sign", folder, "--signing-key", keys.signer, "--force", check=False)
     assert refused.returncode == 2 and "pytorch_model.bin" in refused.stderr

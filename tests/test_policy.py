@@ -96,8 +96,25 @@ def test_documented_examples_compile_and_decide():
     assert len(examples) == 3
     for policy in examples:
         check_policy(policy)
+    # The first expires on 2028-01-01: decided on an injected clock, one nanosecond either side of expiry.
+    expiry_ns = 1830297600 * 10**9  # 2028-01-01T00:00:00Z
+    assert evaluate_policy(examples[0], local_input("pt", "cpu", now_ns=expiry_ns - 1)).allowed
+    late = evaluate_policy(examples[0], local_input("pt", "cpu", now_ns=expiry_ns))
+    assert not late.allowed and late.status == "undefined", late  # no default: expired means no rule holds
     here = local_input("pt", "cpu")
-    assert evaluate_policy(examples[0], here).allowed  # not expired yet
     assert not evaluate_policy(examples[1], here).allowed  # this host is not gpu-node-7/8
     here["host"]["name"] = "gpu-node-8"
     assert evaluate_policy(examples[1], here).allowed
+
+
+def test_injected_clock_reaches_rego_and_the_input_document():
+    """``time.now_ns()`` in Rego is the input document's ``time.now_ns``: one clock, chosen by the caller."""
+    at = 1_234_567_890_123_456_789
+    document = local_input("np", "cpu", now_ns=at)
+    assert document["time"] == {"now_ns": at, "rfc3339": "2009-02-13T23:31:30+00:00"}
+    assert evaluate_policy(f"package model\nallow if time.now_ns() == {at}", document).allowed
+    assert evaluate_policy("package model\nallow if time.now_ns() == input.time.now_ns", document).allowed
+    assert not evaluate_policy(f"package model\nallow if time.now_ns() == {at + 1}", document).allowed
+    # Without a document (or without an integer time in it) the engine's own clock answers.
+    assert evaluate_policy("package model\nallow if time.now_ns() > 1700000000000000000", None).allowed
+    assert evaluate_policy(f"package model\nallow if time.now_ns() > {at}", {"time": {"now_ns": "x"}}).allowed

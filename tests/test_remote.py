@@ -544,7 +544,7 @@ def test_cli_decrypt_accepts_a_url(remote: Store, save_cfg: dict, keys, tmp_path
     assert main(["decrypt", url, str(tmp_path / "out"), *key_args]) == 0
     _equal(load_file(tmp_path / "out" / "dec.safetensors"), tensors)
     assert (tmp_path / "out" / "dec.safetensors").stat().st_mode & 0o777 == 0o600
-    assert main(["decrypt", url, str(tmp_path / "out"), *key_args]) != 0  # exists: refused without --force
+    assert main(["decrypt", url, str(tmp_path / "out"), *key_args]) == 1  # exists: refused without --force
     remote.counters.faults[:] = [
         ("delay", 0.0),
         lambda: remote.put("dec.safetensors", ct_np.save(_tensors(), config=save_cfg)),

@@ -12,6 +12,7 @@ import torch
 import pycryptotensors as pc
 import pycryptotensors.numpy as ct_np
 import pycryptotensors.torch as ct_pt
+from helpers import same
 from pycryptotensors.cipher import chunks as chunk_module
 
 RNG = np.random.default_rng(20251125)
@@ -64,10 +65,6 @@ def random_array(dtype: type, shape: tuple[int, ...]) -> np.ndarray:
     if np.dtype(dtype).kind in "fc":  # no NaNs: they never compare equal
         array = np.where(np.isfinite(array.astype(np.complex128)), array, np.zeros((), dtype)).astype(dtype)
     return array
-
-
-def same(a: np.ndarray, b: np.ndarray) -> bool:
-    return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
 
 
 @pytest.mark.parametrize("version", ["1", "2"])
@@ -235,8 +232,9 @@ def test_plain_files_go_to_safetensors(tmp_path):
     safetensors.numpy.save_file({"a": array}, path, metadata={"format": "np"})
     assert same(ct_np.load_file(path)["a"], array)
     assert same(ct_np.load(path.read_bytes())["a"], array)
-    with pc.safe_open(path, "np") as f:
-        assert f.crypto_header() is None and f.metadata() == {"format": "np"}
+    with pc.safe_open(path, "np") as f, safetensors.safe_open(path, "np") as theirs:
+        assert type(f) is type(theirs) and not isinstance(f, pc.safe_open)  # safetensors' own handle, untouched
+        assert f.metadata() == {"format": "np"}
         assert same(f.get_slice("a")[1:3], array[1:3])
 
 

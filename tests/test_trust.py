@@ -764,7 +764,7 @@ def test_provider_data_keys_that_do_not_match(tmp_path, master_key, signing_key,
 def test_provider_wrong_data_keys_never_yield_plaintext(tmp_path, master_key, signing_key):
     path = save(tmp_path / "m.ct", master_key, signing_key)
     wrong = {name: os.urandom(32) for name in ENCRYPTED}
-    with pytest.raises((pc.WrongKeyError, pc.IntegrityError)):
+    with pytest.raises(pc.IntegrityError, match="data key is wrong"):  # a data key fails at its first chunk's tag
         ct_np.load_file(path, config=with_provider([signing_key.verify_key], Provider(ProvidedKeys(data_keys=wrong))))
 
 
@@ -835,7 +835,7 @@ def test_unreadable_settings_are_config_errors(tmp_path, monkeypatch, master_key
 def test_settings_missing_signer_file(tmp_path, monkeypatch, master_key, signing_key):
     path = save(tmp_path / "m.ct", master_key, signing_key)
     use_settings(monkeypatch, tmp_path, 'trusted_signers = ["nowhere.jwk"]\n')
-    with pytest.raises((pc.ConfigError, pc.KeyFormatError), match=r"nowhere\.jwk"):
+    with pytest.raises(pc.KeyFormatError, match=r"cannot read key file .*nowhere\.jwk"):
         ct_np.load_file(path, config={"keys": [master_key, signing_key.verify_key]})
 
 

@@ -1,50 +1,45 @@
-"""What every framework front-end shares, so that a framework is a small module.
+"""The front-end interface: what a framework must say so that it is a small module.
 
-A front-end module (``numpy``, ``torch``, ``flax``, ``tensorflow``, ``paddle``, ``mlx``) provides:
-
-* ``to_tensor(data, dtype, shape, device)``: a tensor over authenticated bytes (uint8 NumPy array it may keep);
-* ``to_data(name, tensor)``: the tensor's little-endian bytes, dtype and shape, to save;
-* optionally ``check_tensors(tensors)`` (refuse what safetensors refuses, e.g. shared torch tensors) and
-  ``check_device(device)`` (refuse a device that is not there, the same way for plain and encrypted files).
-
-The save/load functions below and :class:`~pycryptotensors.reading.handle.safe_open` do the rest: options,
-keys, the plain-file fallback to safetensors' own module for the framework.
+A framework (``numpy``, ``torch``, ``flax``, ``tensorflow``, ``paddle``, ``mlx``) subclasses
+:class:`Frontend` and answers four questions: how to make an array from authenticated bytes and a dtype
+(:meth:`~Frontend.from_bytes`), how to get bytes from an array (:meth:`~Frontend.to_bytes`), how to put a
+tensor on a device (:meth:`~Frontend.place`), and which ``safetensors`` module reads its plain files
+(:attr:`~Frontend.plain_module`). Everything else (options, keys, trust, the handle, the plain-file
+fallback, the four save/load functions) is written once, here and in :mod:`pycryptotensors.reading.handle`,
+so that the six frameworks cannot drift apart.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from types import ModuleType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from .config import SaveOptions, save_options
 from .errors import UnsupportedError
 from .writing.writer import TensorData, encrypt_bytes, encrypt_file
 
-# Every framework name safetensors accepts, to our front-end module and safetensors' module for plain data.
-FRAMEWORKS: dict[str, tuple[str, str]] = {
-    "np": ("numpy", "numpy"),
-    "numpy": ("numpy", "numpy"),
-    "pt": ("torch", "torch"),
-    "torch": ("torch", "torch"),
-    "pytorch": ("torch", "torch"),
-    "flax": ("flax", "flax"),
-    "jax": ("flax", "flax"),
-    "tf": ("tensorflow", "tensorflow"),
-    "tensorflow": ("tensorflow", "tensorflow"),
-    "paddle": ("paddle", "paddle"),
-    "mlx": ("mlx", "mlx"),
+if TYPE_CHECKING:
+    import numpy as np
+
+    from .format.dtypes import DType
+
+# Every framework name safetensors accepts, to the module of ours that serves it.
+FRAMEWORKS: dict[str, str] = {
+    "np": "numpy",
+    "numpy": "numpy",
+    "pt": "torch",
+    "torch": "torch",
+    "pytorch": "torch",
+    "flax": "flax",
+    "jax": "flax",
+    "tf": "tensorflow",
+    "tensorflow": "tensorflow",
+    "paddle": "paddle",
+    "mlx": "mlx",
 }
-
-
-class Frontend(Protocol):
-    """The functions of a front-end module that the handle and the save/load functions call."""
-
-    def to_tensor(self, data: Any, dtype: Any, shape: tuple[int, ...], device: str = "cpu") -> Any: ...
-
-    def to_data(self, name: str, tensor: Any) -> TensorData: ...
 
 
 def require(module: str, package: str) -> ModuleType:
@@ -57,79 +52,103 @@ def require(module: str, package: str) -> ModuleType:
         ) from None
 
 
-def frontend(framework: str) -> ModuleType:
-    """The front-end module that builds tensors for ``framework`` (any name safetensors accepts)."""
+def frontend(framework: str) -> Frontend:
+    """The front-end for ``framework`` (any name safetensors accepts)."""
     try:
-        name = FRAMEWORKS[framework][0]
+        name = FRAMEWORKS[framework]
     except (KeyError, TypeError):
         raise UnsupportedError(
             f"unsupported framework {framework!r}: use one of {', '.join(sorted(FRAMEWORKS))}"
         ) from None
-    return importlib.import_module(f"pycryptotensors.{name}")
+    module = importlib.import_module(f"pycryptotensors.{name}")
+    return module.FRONTEND  # type: ignore[no-any-return]  # every front-end module defines one
 
 
-def _to_data_all(tensors: Mapping[str, Any], module: Callable[[str, Any], TensorData] | ModuleType) -> list[TensorData]:
-    if not isinstance(tensors, Mapping):
-        raise UnsupportedError(f"Expected a dict of [str, tensor] but received {type(tensors)}")
-    if isinstance(module, ModuleType):
-        check = getattr(module, "check_tensors", None)
-        if check is not None:
-            check(tensors)
-        to_data = module.to_data
-    else:
-        to_data = module
-    return [to_data(name, t) for name, t in tensors.items()]
+class Frontend:
+    """One framework's side of loading and saving; subclasses override the four hooks they need."""
 
+    #: the framework name handed to ``safetensors.safe_open`` for plain files
+    name: ClassVar[str]
+    #: safetensors' module for this framework (``safetensors.<plain_module>``), which reads plain bytes
+    plain_module: ClassVar[str]
 
-def save_file(
-    tensors: Mapping[str, Any],
-    path: str | os.PathLike[str],
-    metadata: Mapping[str, str] | None,
-    config: SaveOptions | Mapping[str, Any] | None,
-    to_data: Callable[[str, Any], TensorData] | ModuleType,
-) -> None:
-    """``to_data`` is the front-end module (or, as before, its ``to_data`` function)."""
-    options = save_options(config)
-    encrypt_file(_to_data_all(tensors, to_data), path, metadata, options)
+    # ---------------------------------------------------------------------------------- what a framework says
 
+    def from_bytes(self, data: np.ndarray, dtype: DType, shape: tuple[int, ...]) -> Any:
+        """A host tensor of ``dtype`` and ``shape`` over ``data`` (authenticated bytes, uint8, a buffer the
+        caller gives away: the tensor may keep it without copying)."""
+        raise NotImplementedError
 
-def save(
-    tensors: Mapping[str, Any],
-    metadata: Mapping[str, str] | None,
-    config: SaveOptions | Mapping[str, Any] | None,
-    to_data: Callable[[str, Any], TensorData] | ModuleType,
-) -> bytes:
-    options = save_options(config)
-    return encrypt_bytes(_to_data_all(tensors, to_data), metadata, options)
+    def to_bytes(self, name: str, tensor: Any) -> TensorData:
+        """The tensor's little-endian, C-order bytes with its dtype and shape, to save."""
+        raise NotImplementedError
 
+    def place(self, tensor: Any, device: str) -> Any:
+        """The tensor on ``device`` (one spelling: :func:`pycryptotensors.config.device_name`)."""
+        return tensor
 
-def load_file(
-    path: str | os.PathLike[str], framework: str, device: Any, config: Any, backend: str | None = None
-) -> dict[str, Any]:
-    from .reading.handle import safe_open
+    def check_device(self, device: str) -> None:
+        """Refuse a device this framework cannot use here, before any file is opened (plain or encrypted)."""
 
-    with safe_open(path, framework, device=device, config=config, backend=backend) as handle:
-        return handle.get_tensors()  # in offset order; a remote file's tensors are fetched in parallel
+    def check_tensors(self, tensors: Mapping[str, Any]) -> None:
+        """Refuse what safetensors refuses to save for this framework, before anything is encrypted."""
 
+    # ------------------------------------------------------------------------------- written once, for all
 
-def load(data: bytes, framework: str, config: Any, device: Any = "cpu") -> dict[str, Any] | None:
-    """Tensors of an encrypted file held in memory, or None when it is plain (the caller delegates)."""
-    from .reading.handle import safe_open
+    def tensor(self, data: np.ndarray, dtype: DType, shape: tuple[int, ...], device: str) -> Any:
+        return self.place(self.from_bytes(data, dtype, shape), device)
 
-    handle = safe_open.from_bytes(data, framework, config, device=device)
-    if handle is None:
-        return None
-    with handle:
-        return {name: handle.get_tensor(name) for name in handle.offset_keys()}
+    def _all_bytes(self, tensors: Mapping[str, Any]) -> list[TensorData]:
+        if not isinstance(tensors, Mapping):
+            raise UnsupportedError(f"Expected a dict of [str, tensor] but received {type(tensors)}")
+        self.check_tensors(tensors)
+        return [self.to_bytes(name, tensor) for name, tensor in tensors.items()]
 
+    def save_file(
+        self,
+        tensors: Mapping[str, Any],
+        filename: str | os.PathLike[str],
+        metadata: Mapping[str, str] | None,
+        config: SaveOptions | Mapping[str, Any] | None,
+    ) -> None:
+        encrypt_file(self._all_bytes(tensors), filename, metadata, save_options(config))
 
-def load_or_plain(data: bytes, framework: str, config: Any, **plain_kwargs: Any) -> dict[str, Any]:
-    """``load(bytes)`` for any framework: ours for an encrypted file, safetensors' own module for a plain one."""
-    from .reading.handle import plain_errors, unwrapped
+    def save(
+        self,
+        tensors: Mapping[str, Any],
+        metadata: Mapping[str, str] | None,
+        config: SaveOptions | Mapping[str, Any] | None,
+    ) -> bytes:
+        return encrypt_bytes(self._all_bytes(tensors), metadata, save_options(config))
 
-    result = load(data, framework, config, plain_kwargs.get("device", "cpu"))
-    if result is not None:
-        return result
-    plain = importlib.import_module(f"safetensors.{FRAMEWORKS[framework][1]}")
-    with plain_errors():
-        return unwrapped(plain.load)(bytes(data), **plain_kwargs)  # type: ignore[no-any-return]
+    def load_file(
+        self, filename: str | os.PathLike[str], device: Any, config: Any, backend: str | None = None
+    ) -> dict[str, Any]:
+        from .reading.handle import safe_open
+
+        with safe_open(filename, self.name, device=device, config=config, backend=backend) as handle:
+            if isinstance(handle, safe_open):
+                return handle.get_tensors()  # a remote file's tensors are fetched in parallel
+            return {name: handle.get_tensor(name) for name in handle.offset_keys()}  # as safetensors does
+
+    def load_encrypted(self, data: bytes, config: Any, device: Any = "cpu") -> dict[str, Any] | None:
+        """Tensors of an encrypted file held in memory, or None when it is plain (the caller delegates)."""
+        from .reading.handle import safe_open
+
+        handle = safe_open.from_bytes(data, self.name, config, device=device)
+        if handle is None:
+            return None
+        with handle:
+            return {name: handle.get_tensor(name) for name in handle.offset_keys()}
+
+    def load(self, data: bytes, config: Any, **plain_kwargs: Any) -> dict[str, Any]:
+        """``load(bytes)``: ours for an encrypted file, safetensors' own module for a plain one."""
+        from .reading.handle import plain_errors, unwrapped
+
+        result = self.load_encrypted(data, config, plain_kwargs.get("device", "cpu"))
+        if result is not None:
+            return result
+        plain = importlib.import_module(f"safetensors.{self.plain_module}")
+        with plain_errors():
+            loaded: dict[str, Any] = unwrapped(plain.load)(bytes(data), **plain_kwargs)
+            return loaded

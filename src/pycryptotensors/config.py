@@ -1,7 +1,7 @@
 """Options for saving and loading, and the translation from the reference's ``config`` dictionary.
 
 ``config`` may be the reference's dict unchanged (``enc_key``, ``sign_key``, ``enc_kid``, ``sign_kid``,
-``enc_jku``, ``tensors``, ``chunk_size``, ``version``, ``policy``; JWK fields under its aliases ``key`` /
+``enc_jku``, ``sign_jku``, ``tensors``, ``chunk_size``, ``version``, ``policy``; JWK fields under its aliases ``key`` /
 ``public`` / ``private``), its ``SerializeCryptoConfig`` / ``DeserializeCryptoConfig`` objects, or the typed
 objects below. Unknown options are refused rather than ignored: a typo
 in a security setting must not silently fall back to a default.
@@ -13,16 +13,14 @@ import os
 import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeAlias
 
-from .cipher.aead import COUNTER_LIMIT
 from .errors import ConfigError, MissingKeyError
+from .format.algorithms import COUNTER_LIMIT
 from .format.crypto_header import DEFAULT_POLICY
 from .keys.jwk import MasterKey, SigningKey, VerifyKey, parse_jwk
 from .keys.keyring import KeyRing
-from .keys.sources import KeyProvider, KeySources, installed_providers
-from .keys.trust import Trust
-from .settings import Settings, load_settings
+from .keys.sources import KeyProvider
 
 _SAVE_OPTIONS = {
     "enc_key",
@@ -36,6 +34,7 @@ _SAVE_OPTIONS = {
     "enc_kid",  # the reference's: the master key's kid (written in the header; picks a CRYPTOTENSOR_KEYS key)
     "sign_kid",  # the same for the signing key
     "enc_jku",  # the reference's name for key_service: the URL written as the master key's jku
+    "sign_jku",  # the reference's: the URL written as the signing key's jku (where its public key can be found)
 }
 # The reference's JWK field aliases (its serde names): key = k, public = x, private = d.
 _JWK_ALIASES = {"key": "k", "public": "x", "private": "d"}
@@ -71,24 +70,33 @@ class SaveOptions:
     policy_remote: str = DEFAULT_POLICY
     integrity: bool = True  # signed digests of unencrypted tensors (our extension)
     key_service: str | None = None  # URL written as the master key's jku: where consumers obtain data keys
+    signer_jku: str | None = None  # URL written as the signing key's jku: where consumers may find its public key
 
     def __post_init__(self) -> None:
         if self.version not in ("1", "2"):
             raise ConfigError(f"version must be '1' or '2', not {self.version!r}")
         if not isinstance(self.chunk_size, int) or not 0 < self.chunk_size <= MAX_CHUNK_SIZE:
             raise ConfigError(f"chunk_size must be an integer in 1..{MAX_CHUNK_SIZE}")
+        for option, url in (("key_service / enc_jku", self.key_service), ("sign_jku", self.signer_jku)):
+            if url is not None and (not isinstance(url, str) or not url):
+                raise ConfigError(f"{option} must be a non-empty URL string")
 
     def encrypts(self, name: str) -> bool:
+        """Whether the tensor ``name`` is encrypted under these options (``tensors`` None: every tensor)."""
         return self.tensors is None or name in self.tensors
 
     @property
     def max_tensor_bytes(self) -> int:
+        """The largest tensor these options can encrypt: 2**32 chunks in version 2, one AEAD call in version 1."""
         return self.chunk_size * COUNTER_LIMIT if self.version == "2" else MAX_CHUNK_SIZE
 
 
 @dataclass
 class LoadOptions:
-    """What a reader may use and must require. Keys are looked up in the order of docs/KEYS.md."""
+    """What a reader may use and must require. Keys are looked up in the order of docs/KEYS.md.
+
+    Plain data: :func:`pycryptotensors.keys.access.resolve` merges it with the settings file and the
+    environment when a file is opened."""
 
     keyring: KeyRing = field(default_factory=KeyRing)  # keys passed in code: looked at first
     policy_input: Mapping[str, Any] = field(default_factory=dict)  # claims for the local policy
@@ -100,29 +108,12 @@ class LoadOptions:
     use_settings: bool = True  # merge the consumer's settings file (pycryptotensors.settings)
     use_environment: bool = True  # read CRYPTOTENSOR_KEYS
 
-    def resolve(self) -> tuple[KeySources, Trust]:
-        """The key sources and trust settings in force, merged with the consumer's settings file."""
-        settings = load_settings() if self.use_settings else Settings()
-        trust = Trust(
-            tuple(self.trusted_signers) or settings.trust.signers,
-            self.require_encryption or settings.trust.require_encryption,
-            settings.trust.rules,
-        )
-        providers = installed_providers() if self.providers is None else tuple(self.providers)
-        sources = KeySources.build(
-            self.keyring,
-            [*self.key_dirs, *settings.key_dirs],
-            [*self.jku_dirs, *settings.jku_dirs],
-            providers,
-            self.use_environment,
-        )
-        return sources, trust
 
-    def fail_closed(self) -> None:
-        """Raise :class:`ConfigError` when the settings file in use is broken; called for encrypted files only,
-        so a typo in it never stops plain files from loading (it warns instead: settings.py)."""
-        if self.use_settings:
-            load_settings().check()
+#: What every load function accepts as ``config``: the typed options, a key ring, the reference's dict (or its
+#: ``DeserializeCryptoConfig``), or nothing (keys from the environment and the settings file).
+LoadConfig: TypeAlias = "LoadOptions | KeyRing | Mapping[str, Any] | None"
+#: What every save function accepts as ``config``.
+SaveConfig: TypeAlias = "SaveOptions | Mapping[str, Any] | None"
 
 
 def device_name(device: Any) -> str:
@@ -236,6 +227,7 @@ def save_options(config: SaveOptions | Mapping[str, Any] | None) -> SaveOptions:
         policy_remote=policy.get("remote", DEFAULT_POLICY),
         integrity=bool(config.get("integrity", True)),
         key_service=config.get("key_service", config.get("enc_jku")),
+        signer_jku=config.get("sign_jku"),
     )
 
 
@@ -255,14 +247,17 @@ def load_options(config: LoadOptions | KeyRing | Mapping[str, Any] | None) -> Lo
     for key in config.get("keys", ()):
         ring.add(jwk_fields(key))
     signers = [parse_jwk(jwk_fields(k)) for k in config.get("trusted_signers", ())]
-    pinned = [k.verify_key if isinstance(k, SigningKey) else k for k in signers]
-    if not all(isinstance(k, VerifyKey) for k in pinned):
-        raise ConfigError("trusted_signers must be Ed25519 public keys")
+    pinned: list[VerifyKey] = []
+    for key in signers:
+        key = key.verify_key if isinstance(key, SigningKey) else key
+        if not isinstance(key, VerifyKey):
+            raise ConfigError("trusted_signers must be Ed25519 public keys")
+        pinned.append(key)
     return LoadOptions(
         keyring=ring,
         policy_input=dict(config.get("policy_input", {})),
         require_encryption=bool(config.get("require_encryption", False)),
-        trusted_signers=pinned,  # type: ignore[arg-type]
+        trusted_signers=pinned,
         key_dirs=list(config.get("key_dirs", ())),
         jku_dirs=list(config.get("jku_dirs", ())),
     )

@@ -11,6 +11,10 @@ from __future__ import annotations
 class CryptoTensorsError(Exception):
     """Base class of every error raised by pycryptotensors."""
 
+    #: the file the error is about, when the code that knows it set it (the command line names it on the error
+    #: line); ``None`` otherwise
+    path: str | None = None
+
 
 class FormatError(CryptoTensorsError, ValueError):
     """The file (or byte string) is not a well-formed safetensors / CryptoTensors file.

@@ -1,9 +1,12 @@
 """The consumer's settings file: key directories, allowed jku directories, pinned publishers, rules.
 
-Read from the file named by ``PYCRYPTOTENSORS_CONFIG``, else ``~/.config/pycryptotensors/config.toml`` when
-it exists. Code that passes its own options still gets these as defaults, so a deployment configures trust
-once for every program on the machine (including ones that load models with no code change). Format and
-examples: docs/KEYS.md.
+Read from the file named by ``PYCRYPTOTENSORS_CONFIG``, else ``config.toml`` in the user's configuration folder
+as :mod:`platformdirs` finds it (``$XDG_CONFIG_HOME/pycryptotensors``, by default ``~/.config/pycryptotensors`` on
+Linux; ``~/Library/Application Support/pycryptotensors`` on macOS; ``%LOCALAPPDATA%\\pycryptotensors`` on
+Windows), else the old place, ``~/.config/pycryptotensors/config.toml``, when it exists. The default key
+directory is ``keys`` beside it (both places are read when they differ). Code that passes its own options still
+gets these as defaults, so a deployment configures trust once for every program on the machine (including ones
+that load models with no code change). Format and examples: docs/KEYS.md.
 
 A broken file (not TOML, an unknown key such as ``trusted_signer``, a bad value) must not stop *plain* models
 from loading everywhere on the machine, nor may it weaken the checks of encrypted ones: the valid part is
@@ -29,7 +32,8 @@ if TYPE_CHECKING:
     from .keys.jwk import VerifyKey
 
 ENV_VAR = "PYCRYPTOTENSORS_CONFIG"
-DEFAULT_DIR = Path("~/.config/pycryptotensors")
+APP_NAME = "pycryptotensors"
+DEFAULT_DIR = Path("~/.config/pycryptotensors")  # the place before platformdirs: still read (documented)
 _TOP_LEVEL = {"key_dirs", "jku_dirs", "trusted_signers", "require_encryption", "rule", "key_service"}
 
 
@@ -62,12 +66,15 @@ def _signers(value: Any, base: Path, what: str) -> tuple[VerifyKey, ...]:
     paths = _paths(value, base, what)
     if not paths:
         return ()
-    from .keys.files import read_key_file  # here, not above: settings naming no signer need no cipher
+    # here, not above: settings naming no signer need no cipher
+    from .keys.files import read_key_file, warn_if_exposed
     from .keys.jwk import MasterKey, VerifyKey
 
     keys: list[VerifyKey] = []
     for path in paths:
-        for key in read_key_file(path):
+        found = read_key_file(path)
+        warn_if_exposed(path, found)  # a private signing key named here: it must not be readable by others
+        for key in found:
             if isinstance(key, MasterKey):
                 raise ConfigError(f"settings: {what}: {path} holds a master key, not a publisher key")
             keys.append(key if isinstance(key, VerifyKey) else key.verify_key)
@@ -119,7 +126,7 @@ def parse_settings(document: dict[str, Any], base: Path) -> Settings:
     )
     key_dirs = document.get("key_dirs")
     return Settings(
-        _paths(key_dirs, base, "key_dirs") if key_dirs is not None else ((DEFAULT_DIR / "keys").expanduser(),),
+        _paths(key_dirs, base, "key_dirs") if key_dirs is not None else default_key_dirs(),
         _paths(document.get("jku_dirs", []), base, "jku_dirs"),
         trust,
         document,
@@ -127,26 +134,53 @@ def parse_settings(document: dict[str, Any], base: Path) -> Settings:
     )
 
 
+_DIR_ENV = ("HOME", "XDG_CONFIG_HOME", "USERPROFILE", "APPDATA", "LOCALAPPDATA")  # what the folders follow
+
+
+def config_dirs() -> tuple[Path, ...]:
+    """The user's configuration folders, newest convention first: platformdirs' (XDG on Linux), then the
+    old ``~/.config/pycryptotensors`` when it differs (macOS, Windows, or a custom ``XDG_CONFIG_HOME``)."""
+    return _config_dirs(tuple(os.environ.get(name) for name in _DIR_ENV))
+
+
+@cache  # asked at every load: computed once per value of the variables it depends on
+def _config_dirs(environment: tuple[str | None, ...]) -> tuple[Path, ...]:
+    from platformdirs import user_config_path
+
+    found = user_config_path(APP_NAME, appauthor=False)
+    legacy = DEFAULT_DIR.expanduser()
+    return (found,) if found == legacy else (found, legacy)
+
+
+def default_key_dirs() -> tuple[Path, ...]:
+    """The key directories of a settings file without ``key_dirs`` (or of no settings file): ``keys`` in each
+    configuration folder."""
+    return tuple(d / "keys" for d in config_dirs())
+
+
 def settings_path() -> Path | None:
+    """The settings file in force: ``PYCRYPTOTENSORS_CONFIG``, else the first ``config.toml`` that exists in
+    :func:`config_dirs`, else None."""
     named = os.environ.get(ENV_VAR)
     if named:
         return Path(named).expanduser()
-    default = (DEFAULT_DIR / "config.toml").expanduser()
-    return default if default.is_file() else None
+    return next((d / "config.toml" for d in config_dirs() if (d / "config.toml").is_file()), None)
 
 
 def _broken(path: Path, what: str, settings: Settings | None = None) -> Settings:
     """Settings for a broken file: its valid part (or the defaults), marked broken, with one warning."""
     problem = f"settings file {path}: {what}; fix it (docs/KEYS.md): encrypted files are refused until then"
     warnings.warn(f"{problem}; plain safetensors files still load", SettingsWarning, stacklevel=4)
-    settings = settings or Settings(key_dirs=((DEFAULT_DIR / "keys").expanduser(),))
+    settings = settings or Settings(key_dirs=default_key_dirs())
     return Settings(settings.key_dirs, settings.jku_dirs, settings.trust, settings.raw, settings.base, problem)
 
 
 @cache  # one parse, and so one warning, per version of the file
-def _load(path: Path | None, mtime: float) -> Settings:
+def _load(path: Path | None, mtime: float, config_folders: tuple[Path, ...]) -> Settings:
+    """``config_folders`` (:func:`config_dirs`) is part of the cache key: the default key directories follow
+    ``HOME`` / ``XDG_CONFIG_HOME``."""
     if path is None:
-        return Settings(key_dirs=((DEFAULT_DIR / "keys").expanduser(),))
+        return Settings(key_dirs=default_key_dirs())
     try:
         document = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as error:
@@ -165,4 +199,4 @@ def load_settings() -> Settings:
     """The consumer's settings (cached until the file changes)."""
     path = settings_path()
     mtime = path.stat().st_mtime if path is not None and path.exists() else 0.0
-    return _load(path, mtime)
+    return _load(path, mtime, config_dirs())

@@ -12,7 +12,6 @@ safetensors' messages; and ``device`` is checked before a file is opened (:class
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,7 +19,7 @@ import numpy as np
 import torch
 
 from . import _frontend
-from .config import LoadOptions, SaveOptions
+from .config import LoadConfig, SaveConfig
 from .errors import DeviceError, SharedTensorsError, UnsupportedError
 from .format.dtypes import DTYPES, DType
 from .writing.writer import TensorData
@@ -60,38 +59,12 @@ _NON_CONTIGUOUS = (
 _BY_TORCH = {t: DTYPES[name] for name, t in _TORCH_TYPES.items()}
 
 
-def to_tensor(data: np.ndarray, dtype: DType, shape: tuple[int, ...], device: str = "cpu") -> torch.Tensor:
-    """View authenticated bytes (uint8, owned by the caller) as a tensor of ``dtype`` and ``shape``."""
-    try:
-        torch_dtype = _TORCH_TYPES[dtype.name]
-    except KeyError:
-        raise UnsupportedError(f"{dtype.name} has no torch type supported here") from None
-    if torch_dtype is _F4:
-        if not shape or shape[-1] % 2:
-            raise UnsupportedError(f"F4 tensor of shape {list(shape)}: torch packs F4 in pairs along the last axis")
-        shape = (*shape[:-1], shape[-1] // 2)
-    if data.size == 0:  # torch cannot reinterpret an empty byte tensor (stride 0)
-        tensor = torch.empty(shape, dtype=torch_dtype)
-    else:
-        tensor = torch.from_numpy(data).view(torch_dtype).reshape(shape)
-    return tensor if device in ("cpu", "") else tensor.to(device)
-
-
-def check_device(device: str) -> None:
-    """Refuse a device torch cannot use here, before any file is opened (plain and encrypted alike)."""
-    if device != "cpu":
-        try:
-            torch.empty(0, device=device)
-        except (RuntimeError, AssertionError) as error:
-            raise DeviceError(f"device {device!r} is not available here: {error}") from None
-
-
 def _span(tensor: torch.Tensor) -> tuple[int, int]:
     start = tensor.data_ptr()
     return start, start + tensor.numel() * tensor.element_size()
 
 
-def check_tensors(tensors: Mapping[str, Any]) -> None:
+def _check_tensors(tensors: Mapping[str, Any]) -> None:
     """Refuse what ``safetensors.torch`` refuses, before anything is encrypted: non-tensors, sparse tensors,
     and tensors whose memory overlaps (the same storage twice would be saved twice and load as two)."""
     for name, tensor in tensors.items():
@@ -129,7 +102,7 @@ def check_tensors(tensors: Mapping[str, Any]) -> None:
         raise SharedTensorsError(_SHARED.format(failing))
 
 
-def to_data(name: str, tensor: Any) -> TensorData:
+def _to_bytes(name: str, tensor: Any) -> TensorData:
     if not isinstance(tensor, torch.Tensor):
         raise UnsupportedError(f"Key `{name}` is invalid, expected torch.Tensor but received {type(tensor)}")
     dtype = _BY_TORCH.get(tensor.dtype)
@@ -145,37 +118,151 @@ def to_data(name: str, tensor: Any) -> TensorData:
             raise UnsupportedError(f"tensor {name!r}: a 0-d float4_e2m1fn_x2 tensor has no F4 shape")
         shape = (*shape[:-1], shape[-1] * 2)
     flat = tensor.detach().to("cpu").reshape(-1).view(torch.uint8)
-    return TensorData(name, dtype, shape, memoryview(flat.numpy()))
+    return TensorData(name, dtype, shape, flat.numpy().data)
+
+
+class TorchFrontend(_frontend.Frontend):
+    name, plain_module = "pt", "torch"
+
+    def from_bytes(self, data: np.ndarray, dtype: DType, shape: tuple[int, ...]) -> torch.Tensor:
+        """A tensor over the authenticated bytes (no copy)."""
+        try:
+            torch_dtype = _TORCH_TYPES[dtype.name]
+        except KeyError:
+            raise UnsupportedError(f"{dtype.name} has no torch type supported here") from None
+        if torch_dtype is _F4:
+            if not shape or shape[-1] % 2:
+                raise UnsupportedError(
+                    f"F4 tensor of shape {list(shape)}: torch packs F4 in pairs along the last axis"
+                )
+            shape = (*shape[:-1], shape[-1] // 2)
+        if data.size == 0:  # torch cannot reinterpret an empty byte tensor (stride 0)
+            return torch.empty(shape, dtype=torch_dtype)
+        return torch.from_numpy(data).view(torch_dtype).reshape(shape)
+
+    def place(self, tensor: torch.Tensor, device: str) -> torch.Tensor:
+        return tensor if device in ("cpu", "") else tensor.to(device)
+
+    def check_device(self, device: str) -> None:
+        if device != "cpu":
+            try:
+                torch.empty(0, device=device)
+            except (RuntimeError, AssertionError) as error:
+                raise DeviceError(f"device {device!r} is not available here: {error}") from None
+
+    def check_tensors(self, tensors: Mapping[str, Any]) -> None:
+        _check_tensors(tensors)
+
+    def to_bytes(self, name: str, tensor: Any) -> TensorData:
+        return _to_bytes(name, tensor)
+
+
+FRONTEND = TorchFrontend()
+
+
+__all__ = ["save_file", "save", "load_file", "load"]  # the public names (docs/API.md)
 
 
 def save_file(
     tensors: Mapping[str, torch.Tensor],
     filename: str | os.PathLike[str],
     metadata: Mapping[str, str] | None = None,
-    config: SaveOptions | Mapping[str, Any] | None = None,
+    config: SaveConfig = None,
 ) -> None:
-    """Encrypt and sign ``tensors`` into ``filename`` (written atomically)."""
-    _frontend.save_file(tensors, filename, metadata, config, sys.modules[__name__])
+    """Encrypt and sign torch tensors into ``filename``, written atomically (a temporary file renamed into place).
+
+    Args:
+        tensors: torch tensors by name.
+        filename: the file to write (its parent folder must exist).
+        metadata: user metadata (str to str), stored in the signed header.
+        config: the keys and choices for encryption: the reference's dict (``enc_key``, ``sign_key``, ``tensors``,
+            ``chunk_size``, ``version``, ``policy``, ``enc_kid``, ``sign_kid``, ``enc_jku``, ``sign_jku``) or
+            :class:`~pycryptotensors.SaveOptions`; keys not given come from ``CRYPTOTENSOR_KEYS``.
+
+    Raises:
+        MissingKeyError: no master key or signing key was given or found.
+        ConfigError: an unknown or invalid option.
+        UnsupportedError: a dtype this format cannot store, or an invalid tensor (as safetensors refuses it).
+    """
+    FRONTEND.save_file(tensors, filename, metadata, config)
 
 
 def save(
     tensors: Mapping[str, torch.Tensor],
     metadata: Mapping[str, str] | None = None,
-    config: SaveOptions | Mapping[str, Any] | None = None,
+    config: SaveConfig = None,
 ) -> bytes:
-    """Encrypt and sign ``tensors`` into the bytes of a file."""
-    return _frontend.save(tensors, metadata, config, sys.modules[__name__])
+    """Encrypt and sign torch tensors into the bytes of a file.
+
+    Args:
+        tensors: torch tensors by name.
+        metadata: user metadata (str to str), stored in the signed header.
+        config: the keys and choices for encryption: the reference's dict (``enc_key``, ``sign_key``, ``tensors``,
+            ``chunk_size``, ``version``, ``policy``, ``enc_kid``, ``sign_kid``, ``enc_jku``, ``sign_jku``) or
+            :class:`~pycryptotensors.SaveOptions`; keys not given come from ``CRYPTOTENSOR_KEYS``.
+
+    Returns:
+        The bytes of the CryptoTensors file.
+
+    Raises:
+        MissingKeyError: no master key or signing key was given or found.
+        ConfigError: an unknown or invalid option.
+        UnsupportedError: a dtype this format cannot store, or an invalid tensor (as safetensors refuses it).
+    """
+    return FRONTEND.save(tensors, metadata, config)
 
 
 def load_file(
     filename: str | os.PathLike[str],
     device: str | int | torch.device = "cpu",
-    config: LoadOptions | Mapping[str, Any] | None = None,
+    config: LoadConfig = None,
+    *,
+    backend: str | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Every tensor of a CryptoTensors or plain safetensors file."""
-    return _frontend.load_file(filename, "pt", device, config)
+    """Every tensor of a CryptoTensors file, or of a plain safetensors file (read by safetensors itself).
+
+    Args:
+        filename: a path, or for an encrypted file an ``s3://``, ``gs://``, ``az://``, ``hf://`` or
+            ``https://`` URL (read by range requests).
+        device: ``"cpu"``, ``"cuda:N"``, an index (``0`` is ``"cuda:0"``), a ``torch.device``; the same for plain
+            and encrypted files.
+        config: the keys and trust for decryption: the reference's dict, a :class:`~pycryptotensors.KeyRing` or
+            :class:`~pycryptotensors.LoadOptions`; keys not given come from ``CRYPTOTENSOR_KEYS``, key directories and
+            key providers (docs/KEYS.md).
+        backend: passed on to safetensors for plain files (``"mmap"`` or ``"pread"``); ignored for encrypted ones.
+
+    Returns:
+        The tensors by name, in the file's data order.
+
+    Raises:
+        FormatError: a malformed file.
+        SignatureError: the header's signature does not verify under a trusted key.
+        IntegrityError: a tensor failed authentication (the file was modified).
+        MissingKeyError, WrongKeyError: no key, or a wrong key, for this file.
+        PolicyDeniedError: the file's policy denied this load.
+        NotEncryptedError: a plain file where encryption is required.
+    """
+    return FRONTEND.load_file(filename, device, config, backend)
 
 
-def load(data: bytes, config: LoadOptions | Mapping[str, Any] | None = None) -> dict[str, torch.Tensor]:
-    """Every tensor of a file held in memory; raises on any failure, never returns unauthenticated bytes."""
-    return _frontend.load_or_plain(data, "pt", config)
+def load(data: bytes, config: LoadConfig = None) -> dict[str, torch.Tensor]:
+    """Every tensor of a file held in memory; never returns bytes that failed authentication.
+
+    Args:
+        data: the bytes of a whole file (encrypted or plain).
+        config: the keys and trust for decryption: the reference's dict, a :class:`~pycryptotensors.KeyRing` or
+            :class:`~pycryptotensors.LoadOptions`; keys not given come from ``CRYPTOTENSOR_KEYS``, key directories and
+            key providers (docs/KEYS.md).
+
+    Returns:
+        The tensors by name.
+
+    Raises:
+        FormatError: a malformed file.
+        SignatureError: the header's signature does not verify under a trusted key.
+        IntegrityError: a tensor failed authentication (the file was modified).
+        MissingKeyError, WrongKeyError: no key, or a wrong key, for this file.
+        PolicyDeniedError: the file's policy denied this load.
+        NotEncryptedError: a plain file where encryption is required.
+    """
+    return FRONTEND.load(data, config)

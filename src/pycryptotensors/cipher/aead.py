@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import AEADDecryptionContext, AEADEncryptionContext, Cipher, algorithms
@@ -18,51 +17,37 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.ciphers.modes import GCM
 
 from ..errors import CipherError, CryptoTensorsError, IntegrityError, UnsupportedError, WrongKeyError
+from ..format.algorithms import (  # noqa: F401 - re-exported: the cipher layer's view of the algorithms
+    ALGORITHMS,
+    COUNTER_LIMIT,
+    KEY_IV_SIZE,
+    NONCE_SIZE,
+    TAG_SIZE,
+    Algorithm,
+    algorithm,
+    counter_fits,
+)
 
-NONCE_SIZE = 12
-KEY_IV_SIZE = 12
-TAG_SIZE = 16
-COUNTER_LIMIT = 2**32
-_Cipher = AESGCM | ChaCha20Poly1305
-
-
-@dataclass(frozen=True)
-class Algorithm:
-    """An AEAD as the format names it; ``name`` is what writers store in ``enc.alg``."""
-
-    name: str
-    key_size: int
-    factory: Callable[[bytes], _Cipher]
-    jwk_name: str  # the RFC 7518 / 8439 name used in JWK "alg"
-    streams: bool  # has an incremental interface in ``cryptography`` (AES-GCM yes, ChaCha20-Poly1305 no)
-
-    def new(self, key: bytes) -> _Cipher:
-        return self.factory(key)
-
-    def decryptor(self, key: bytes, nonce: bytes, tag: bytes) -> AEADDecryptionContext:
-        """Incremental decryption (AES-GCM only). Its output is unauthenticated until ``finalize()``."""
-        return Cipher(algorithms.AES(key), GCM(nonce, tag)).decryptor()
-
-    def encryptor(self, key: bytes, nonce: bytes) -> AEADEncryptionContext:
-        """Incremental encryption (AES-GCM only); the tag is ``.tag`` after ``finalize()``."""
-        return Cipher(algorithms.AES(key), GCM(nonce)).encryptor()
-
-
-ALGORITHMS = {
-    "aes256gcm": Algorithm("aes256gcm", 32, AESGCM, "A256GCM", streams=True),
-    "aes128gcm": Algorithm("aes128gcm", 16, AESGCM, "A128GCM", streams=True),
-    "chacha20poly1305": Algorithm("chacha20poly1305", 32, ChaCha20Poly1305, "C20P", streams=False),
+_PRIMITIVES: dict[str, Callable[[bytes], AESGCM | ChaCha20Poly1305]] = {
+    "aes256gcm": AESGCM,
+    "aes128gcm": AESGCM,
+    "chacha20poly1305": ChaCha20Poly1305,
 }
-_ALIASES = {a.jwk_name.lower(): a for a in ALGORITHMS.values()}
 
 
-def algorithm(name: str) -> Algorithm:
-    """Look up an algorithm the way the reference does: case and '-' ignored; RFC names accepted too."""
-    key = name.lower().replace("-", "").replace("_", "")
-    found = ALGORITHMS.get(key) or _ALIASES.get(key)
-    if found is None:
-        raise UnsupportedError(f"unsupported encryption algorithm {name!r}")
-    return found
+def new_cipher(alg: Algorithm, key: bytes) -> AESGCM | ChaCha20Poly1305:
+    """``cryptography``'s one-shot AEAD for ``alg`` under ``key``."""
+    return _PRIMITIVES[alg.name](key)
+
+
+def gcm_decryptor(key: bytes, nonce: bytes, tag: bytes) -> AEADDecryptionContext:
+    """Incremental AES-GCM decryption. Its output is unauthenticated until ``finalize()``."""
+    return Cipher(algorithms.AES(key), GCM(nonce, tag)).decryptor()
+
+
+def gcm_encryptor(key: bytes, nonce: bytes) -> AEADEncryptionContext:
+    """Incremental AES-GCM encryption; the tag is ``.tag`` after ``finalize()``."""
+    return Cipher(algorithms.AES(key), GCM(nonce)).encryptor()
 
 
 @contextmanager
@@ -86,11 +71,6 @@ def cipher_errors(what: str) -> Iterator[None]:
             f"{what}: the cryptography library refused the operation ({type(error).__name__}: {error}); "
             "check that the installed cryptography release is one pycryptotensors supports (see README)"
         ) from None
-
-
-def counter_fits(base_iv: bytes, chunks: int) -> bool:
-    """True when chunk indices 0..chunks-1 never carry out of the 32-bit counter."""
-    return int.from_bytes(base_iv[8:12], "big") + chunks <= COUNTER_LIMIT
 
 
 def chunk_nonce(base_iv: bytes, index: int) -> bytes:
@@ -117,7 +97,7 @@ def wrap_key(alg: Algorithm, master_key: bytes, data_key: bytes) -> tuple[bytes,
     """Encrypt a data key under the master key: returns (wrapped_key, key_iv, key_tag)."""
     key_iv = os.urandom(KEY_IV_SIZE)
     with cipher_errors("wrapping a data key"):
-        sealed = alg.new(master_key).encrypt(key_iv, data_key, None)
+        sealed = new_cipher(alg, master_key).encrypt(key_iv, data_key, None)
     return sealed[:-TAG_SIZE], key_iv, sealed[-TAG_SIZE:]
 
 
@@ -125,7 +105,7 @@ def unwrap_keys(alg: Algorithm, master_key: bytes, wrapped: dict[str, tuple[byte
     """Decrypt data keys ``{name: (wrapped_key, key_iv, key_tag)}`` under the master key."""
     try:
         with cipher_errors("unwrapping the data keys"):
-            cipher = alg.new(master_key)
+            cipher = new_cipher(alg, master_key)
             return {
                 name: cipher.decrypt(key_iv, wrapped_key + key_tag, None)
                 for name, (wrapped_key, key_iv, key_tag) in wrapped.items()

@@ -24,7 +24,8 @@ from typing import Protocol
 import numpy as np
 
 from ..errors import IntegrityError
-from .aead import TAG_SIZE, Algorithm, chunk_nonce, cipher_errors
+from ..format.algorithms import TAG_SIZE, Algorithm
+from .aead import chunk_nonce, cipher_errors, gcm_decryptor, gcm_encryptor, new_cipher
 
 SPAN_BYTES = 16 * 1024 * 1024
 STREAM_PIECE = 1024 * 1024  # version 1, AES-GCM: ciphertext passes through a cache-hot buffer of this size
@@ -86,7 +87,7 @@ def _scratch_buffer(size: int) -> memoryview:
     if buf is None or len(buf) < size:
         buf = np.empty(size, dtype=np.uint8)
         _scratch.buf = buf
-    return memoryview(buf)[:size]
+    return buf.data[:size]  # ndarray.data: memoryview(array), typed (numpy types __buffer__ from 3.12 only)
 
 
 def _run_spans(chunks: ChunkRange, task: Callable[[int, int], None], source: object = None) -> None:
@@ -124,10 +125,10 @@ def decrypt_chunks(
     out: np.ndarray,
 ) -> None:
     """Decrypt and authenticate the chunks into ``out`` (uint8, starting at the first chunk's byte)."""
-    view = memoryview(out)
+    view = out.data
 
     def task(first: int, stop: int) -> None:
-        cipher = alg.new(data_key)
+        cipher = new_cipher(alg, data_key)
         scratch = _scratch_buffer(chunks.largest_chunk + TAG_SIZE)
         span_lo, span_hi = chunks.bounds(first)[0], chunks.bounds(stop - 1)[1]
         reader = _sequential(source, chunks.origin + span_lo, span_hi - span_lo)
@@ -181,11 +182,11 @@ def decrypt_whole(
     takes one buffer of the tensor's size beside the output while it is decrypted.
     """
     out = np.empty(nbytes + _GCM_SLACK, dtype=np.uint8)
-    view = memoryview(out)
+    view = out.data
     try:
         with cipher_errors("an encrypted tensor"):
             if alg.streams:
-                decryptor = alg.decryptor(data_key, iv, tag)
+                decryptor = gcm_decryptor(data_key, iv, tag)
                 scratch = _scratch_buffer(min(STREAM_PIECE, nbytes))
                 reader = _sequential(source, origin, nbytes)
                 for lo in range(0, nbytes, STREAM_PIECE):
@@ -195,9 +196,9 @@ def decrypt_whole(
                 decryptor.finalize()
             else:
                 sealed = np.empty(nbytes + TAG_SIZE, dtype=np.uint8)
-                source.readinto(origin, memoryview(sealed)[:nbytes])
+                source.readinto(origin, sealed.data[:nbytes])
                 sealed[nbytes:] = np.frombuffer(tag, dtype=np.uint8)
-                alg.new(data_key).decrypt_into(iv, memoryview(sealed), None, view[:nbytes])
+                new_cipher(alg, data_key).decrypt_into(iv, sealed.data, None, view[:nbytes])
     except BaseException:
         out.fill(0)
         raise
@@ -211,10 +212,10 @@ def encrypt_whole(sink: Sink, origin: int, alg: Algorithm, data_key: bytes, iv: 
     """
     with cipher_errors("encrypting a tensor"):
         if not alg.streams:
-            sealed = alg.new(data_key).encrypt(iv, data, None)
+            sealed = new_cipher(alg, data_key).encrypt(iv, data, None)
             sink.writeat(origin, memoryview(sealed)[: len(data)])
             return sealed[len(data) :]
-        encryptor = alg.encryptor(data_key, iv)
+        encryptor = gcm_encryptor(data_key, iv)
         scratch = _scratch_buffer(min(STREAM_PIECE, len(data)) + _GCM_SLACK)
         for lo in range(0, len(data), STREAM_PIECE):
             piece = data[lo : lo + STREAM_PIECE]
@@ -226,7 +227,7 @@ def encrypt_whole(sink: Sink, origin: int, alg: Algorithm, data_key: bytes, iv: 
 
 def read_plain(source: Source, chunks: ChunkRange, out: np.ndarray, digests: bytes | None) -> None:
     """Read plaintext chunks into ``out``; with (concatenated) digests, check each chunk's SHA-256."""
-    view = memoryview(out)
+    view = out.data
 
     def task(first: int, stop: int) -> None:
         lo = chunks.bounds(first)[0]
@@ -257,7 +258,7 @@ def encrypt_chunks(
     tags: list[bytes] = [b""] * (chunks.stop - chunks.first)
 
     def task(first: int, stop: int) -> None:
-        cipher = alg.new(data_key)
+        cipher = new_cipher(alg, data_key)
         scratch = _scratch_buffer(chunks.largest_chunk + TAG_SIZE)
         for index in range(first, stop):
             lo, hi = chunks.bounds(index)

@@ -11,8 +11,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from .._log import progress_allowed, set_progress
 from ..config import LoadOptions
-from ..errors import ConfigError
+from ..errors import ConfigError, CryptoTensorsError
 from ..keys.files import read_key_file
 from ..keys.jwk import MasterKey, SigningKey, VerifyKey
 from ..keys.keyring import KeyRing
@@ -48,7 +49,8 @@ def add_key_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def load_options(args: argparse.Namespace) -> LoadOptions:
+def options_from_args(args: argparse.Namespace) -> LoadOptions:
+    """The load options the key and trust flags (``--key``, ``--trust``, ...) name."""
     ring = KeyRing(key for path in args.key for key in read_key_file(path))
     pinned: list[VerifyKey] = []
     for path in args.trust:
@@ -69,9 +71,10 @@ def one_key(path: str, kind: type | tuple[type, ...], what: str) -> Any:
 
 
 def add_output_options(parser: argparse.ArgumentParser, progress: bool = False) -> None:
-    parser.add_argument("--json", action="store_true", help="print the result as JSON (for scripts)")
-    if progress:
-        parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    """``--json``. (``-q/--quiet``, which also turns progress bars off, is on every command: app.py.)"""
+    parser.add_argument(
+        "--json", action="store_true", help='print the result as JSON (for scripts); a failure too: {"error": ...}'
+    )
 
 
 def add_force_option(parser: argparse.ArgumentParser, what: str = "an existing output file") -> None:
@@ -117,25 +120,76 @@ def directory_target(source: Path, output: Path, force: bool) -> None:
             raise FileExistsError(f"refusing to write into {output}: not empty (use --force to replace its files)")
 
 
+def setup_output(args: argparse.Namespace) -> None:
+    """What the command line sets once, before a command runs: Python warnings the library raises (a private
+    key file others can read, a broken settings file) shown as one ``pycryptotensors: warning: ...`` line each,
+    like the command's own warnings, not Python's two-line ``file:line: Category: ...`` form; and with -q or
+    --json, no progress bar anywhere, the library's included. A library leaves ``warnings`` alone."""
+    import warnings
+
+    def show(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        print(f"pycryptotensors: warning: {message}", file=sys.stderr)
+
+    warnings.showwarning = show
+    if getattr(args, "quiet", False) or getattr(args, "json", False):
+        set_progress(False)
+
+
 def warn(message: str) -> None:
     """A warning on stderr: shown even with --quiet and --json (it is about what was or was not protected)."""
     print(f"pycryptotensors: warning: {message}", file=sys.stderr)
 
 
-def emit(args: argparse.Namespace, result: Any, text: str) -> None:
-    if args.json:
+def emit(args: argparse.Namespace, result: Any, text: str, *, data: bool = False) -> None:
+    """Print a command's result: JSON with --json; else ``text``, unless --quiet and it is only a report of what
+    was done (``data=False``: "encrypted 4 file(s)", "verified ..."). The data a command was asked for
+    (``data=True``: inspect, listings, a verdict, a token) is printed even with --quiet."""
+    if getattr(args, "json", False):
         json.dump(result, sys.stdout, indent=2, default=str)
         sys.stdout.write("\n")
-    else:
+    elif data or not getattr(args, "quiet", False):
         print(text)
+
+
+def error_document(kind: str, message: str, file: str | None, exit_code: int) -> dict[str, Any]:
+    """What a ``--json`` command prints on stdout when it fails (README, "Command line"); the one line on
+    stderr and the exit code are as without --json."""
+    return {"ok": False, "error": {"type": kind, "message": message, "file": file, "exit_code": exit_code}}
+
+
+def json_error(kind: str, message: str, file: str | None, exit_code: int) -> None:
+    """The one way a failure is reported as JSON, for every command that takes --json (usage errors included)."""
+    json.dump(error_document(kind, message, file, exit_code), sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+
+
+@contextmanager
+def about(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Tag an error raised inside with the file it is about (a shard of a folder run), for the error line."""
+    try:
+        yield
+    except CryptoTensorsError as error:
+        if getattr(error, "path", None) is None:
+            error.path = str(path)
+        raise
+
+
+def show_progress(args: argparse.Namespace | None = None) -> bool:
+    """Whether a command draws its progress bar: never with ``-q/--quiet`` or ``--json``, else the library's
+    one rule (:func:`pycryptotensors._log.progress_allowed`: stderr a terminal, no ``PYCRYPTOTENSORS_NO_PROGRESS``).
+    """
+    if args is not None and (getattr(args, "quiet", False) or getattr(args, "json", False)):
+        return False
+    return progress_allowed()
 
 
 @contextmanager
 def progress_bar(args: argparse.Namespace, total: int, description: str) -> Iterator[Any]:
-    """A byte-counting progress bar with throughput on stderr (off with --quiet or --json)."""
+    """A byte-counting progress bar with throughput on stderr, when :func:`show_progress` says so."""
     from tqdm import tqdm
 
-    disabled = getattr(args, "quiet", False) or getattr(args, "json", False)
+    disabled = not show_progress(args)
     with tqdm(
         total=total,
         unit="B",

@@ -11,14 +11,8 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from ..cipher.aead import ALGORITHMS, algorithm
 from ..config import WRITE_CHUNK_SIZE, SaveOptions
-from ..errors import ConfigError
-from ..format.crypto_header import DEFAULT_POLICY
-from ..keys.jwk import MasterKey, SigningKey
-from ..policy.rego import check_policy
-from ..reading.source import is_url
-from ..writing.convert import (
+from ..convert.files import (
     PLAIN_WEIGHT_GLOBS,
     SUFFIX,
     Converted,
@@ -30,17 +24,25 @@ from ..writing.convert import (
     read_header,
     scan_directory,
 )
-from ..writing.rewrap import rewrap_file
+from ..convert.rewrap import rewrap_file
+from ..errors import ConfigError
+from ..format.algorithms import ALGORITHMS, algorithm
+from ..format.crypto_header import DEFAULT_POLICY
+from ..keys.access import resolve
+from ..keys.jwk import MasterKey, SigningKey
+from ..policy.rego import check_policy
+from ..reading.source import is_url
 from ..writing.sinks import StagedDirectory, copy_file, make_parents, remove_dirs
 from .common import (
+    about,
     add_force_option,
     add_key_options,
     add_output_options,
     directory_target,
     emit,
     file_target,
-    load_options,
     one_key,
+    options_from_args,
     progress_bar,
     refuse_existing,
     warn,
@@ -205,7 +207,8 @@ def _run_conversion(
                 counted += nbytes
                 bar.update(nbytes)
 
-            result = convert(source, target, advance)
+            with about(source):
+                result = convert(source, target, advance)
             bar.update(source.stat().st_size - counted)  # the header, counted once the file is done
             return result
 
@@ -252,7 +255,7 @@ def run_encrypt(args: argparse.Namespace) -> int:
 
 
 def run_decrypt(args: argparse.Namespace) -> int:
-    options = load_options(args)
+    options = resolve(options_from_args(args))  # once, for every file of a folder
     if is_url(args.input):
         return _decrypt_url(args, options)
     src = Path(args.input)
@@ -284,7 +287,7 @@ def _same(a: Path, b: Path) -> bool:
 def run_rewrap(args: argparse.Namespace) -> int:
     if args.new_master_key is None and args.signing_key is None:
         raise ConfigError("nothing to do: give --new-master-key and/or --signing-key")
-    options = load_options(args)
+    options = options_from_args(args)
     signer = one_key(args.signing_key, SigningKey, "private signing key") if args.signing_key else None
     if signer is None:
         signers = [k for k in options.keyring.signing_keys]
@@ -292,33 +295,39 @@ def run_rewrap(args: argparse.Namespace) -> int:
             raise ConfigError("re-signing needs the private signing key: --signing-key FILE")
         signer = signers[0]
     master = one_key(args.new_master_key, MasterKey, "master key") if args.new_master_key else None
+    access = resolve(options)  # once, for every shard of a folder
     src = Path(args.input)
     dst = Path(args.output) if args.output else src
     in_place = args.output is None or _same(src, dst)  # in place: asked for explicitly, no --force needed
     reports = []
+    scan = _scan(src, "rewrapped") if src.is_dir() else None
+    files = [src / p for p in scan.shards] if scan is not None else [src]
+    with progress_bar(args, sum(p.stat().st_size for p in files), "rewrap") as bar:  # by whole file
 
-    def one(source: Path, target: Path) -> None:
-        reports.append(rewrap_file(source, target, options, signing_key=signer, master_key=master))
+        def one(source: Path, target: Path) -> None:
+            size = source.stat().st_size
+            with about(source):
+                reports.append(rewrap_file(source, target, access, signing_key=signer, master_key=master))
+            bar.update(size)
 
-    if not src.is_dir():
-        target = src if in_place else file_target(src, dst, args.force)
-        created = make_parents(target.parent)
-        try:
-            one(src, target)
-        except BaseException:
-            remove_dirs(created)
-            raise
-    else:
-        scan = _scan(src, "rewrapped")
-        if not in_place:
-            directory_target(src, dst, args.force)
-        # every shard is rewrapped before any is replaced: a failure leaves the old model whole
-        with StagedDirectory(dst) as stage:
-            for relative in scan.shards:
-                one(src / relative, stage.path(relative))
-            for relative in [] if in_place else scan.others:
-                copy_file(src / relative, stage.path(relative))
-        sign_folder(dst, signer, allow_plain_weights=True)  # the folder's new manifest, written last
+        if scan is None:
+            target = src if in_place else file_target(src, dst, args.force)
+            created = make_parents(target.parent)
+            try:
+                one(src, target)
+            except BaseException:
+                remove_dirs(created)
+                raise
+        else:
+            if not in_place:
+                directory_target(src, dst, args.force)
+            # every shard is rewrapped before any is replaced: a failure leaves the old model whole
+            with StagedDirectory(dst) as stage:
+                for relative in scan.shards:
+                    one(src / relative, stage.path(relative))
+                for relative in [] if in_place else scan.others:
+                    copy_file(src / relative, stage.path(relative))
+            sign_folder(dst, signer, allow_plain_weights=True)  # the folder's new manifest, written last
     rewrapped = sum(r.tensors_rewrapped for r in reports)
     result = {
         "files": len(reports),
@@ -335,7 +344,7 @@ def run_rewrap(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(commands: argparse._SubParsersAction) -> None:
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     fmt = argparse.RawDescriptionHelpFormatter
     enc = commands.add_parser(
         "encrypt", help="encrypt and sign a file or a model directory", description=ENCRYPT_HELP, formatter_class=fmt

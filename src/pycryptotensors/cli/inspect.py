@@ -7,26 +7,33 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..config import LoadOptions
-from ..errors import CryptoTensorsError, ManifestError, MissingKeyError
+from ..convert.files import SUFFIX
+from ..errors import ManifestError, MissingKeyError
 from ..format.crypto_header import KeySlot
+from ..keys.access import Access, resolve
 from ..model.check import check_unsigned_folder, verify_folder
 from ..model.folder import MANIFEST_NAME, is_weight_file, list_files
 from ..model.manifest import index_shards, read_manifest_file, signer_kid
-from ..reading.inspect import describe_file, verify_file
+from ..model.remote import is_folder_url
+from ..reading.inspect import describe_file, describe_folder, verify_file
 from ..reading.source import is_url
-from ..writing.convert import SUFFIX
-from .common import add_key_options, add_output_options, emit, load_options
+from .common import add_key_options, add_output_options, emit, options_from_args, progress_bar
 
 INSPECT_HELP = """\
 Show what a file holds: its tensors (dtype, shape, and whether each is encrypted: the last column, and
-"encrypted" in --json), the algorithm and format version, the key ids and signer, the policy and our
+"encrypted" in --json), the algorithm and format version, the key ids and signer, both policies (the local
+one, checked before any key is unwrapped, and the remote one a key service enforces, as Rego text) and our
 extensions. A file with encrypted tensors gets a WARNING line ("warning" in --json): plain safetensors would
 read their ciphertext as weights. Needs no key and decrypts nothing; the signature is not checked (that is
 'verify').
 
-example:
+Given a model folder, every *.safetensors shard in it is shown (.git and cache folders left out), and
+whether a signed manifest (model.sig) is there and which key id it names; --json gives the same
+({"format": "model folder", "shards": [...], "manifest": {...}}).
+
+examples:
   pycryptotensors inspect model.safetensors --json
+  pycryptotensors inspect ./llama-enc
 """
 
 VERIFY_HELP = """\
@@ -44,6 +51,38 @@ examples:
 """
 
 
+def _text(value: Any) -> str:
+    """A value as a person reads it: no Python reprs (``None``, ``{'a': 1}``, ``[2, 3]``)."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_text(v)}" for k, v in value.items()) or "none"
+    if isinstance(value, list | tuple):
+        return ", ".join(_text(v) for v in value) or "none"
+    return str(value)
+
+
+def _shape(shape: list[int]) -> str:
+    return "x".join(str(n) for n in shape) if shape else "scalar"
+
+
+def _policy(lines: list[str], which: str, text: str, default: bool, enforced: str) -> None:
+    kind = "default (allows everything)" if default else "custom"
+    lines.append(f"  {which} policy: {kind}, {enforced}")
+    lines += [f"    {line}" for line in text.strip().splitlines()]
+
+
+def _extension(name: str, ext: Any) -> str:
+    if name == "integrity" and isinstance(ext, dict):
+        return (
+            f"  extension integrity: signed {ext.get('alg')} digests of {ext.get('tensors')} unencrypted tensor(s), "
+            f"chunk size {_text(ext.get('chunk_size'))}"
+        )
+    return f"  extension {name}: {_text(ext)}"
+
+
 def _human(info: dict[str, Any]) -> str:
     lines = [
         f"{info['path']}: {info['format']}, {info['size']} bytes, {len(info['tensors'])} tensors "
@@ -53,38 +92,73 @@ def _human(info: dict[str, Any]) -> str:
         lines.append(f"  WARNING: {info['warning']}")
     crypto = info["crypto"]
     if crypto is not None:
-        lines.append(f"  version {crypto['version']}, {crypto['algorithm']}, chunk size {crypto['chunk_size']}")
-        lines.append(f"  master key id {crypto['master_key']['kid']}, signer key id {crypto['signer']['kid']}")
-        for role in ("master_key", "signer"):
-            if crypto[role]["jku"]:
-                lines.append(f"  {role} jku {crypto[role]['jku']}")
-        local = "default (allow)" if crypto["policy"]["local_is_default"] else "custom (see --json)"
-        lines.append(f"  local policy: {local}")
+        chunks = f"chunk size {crypto['chunk_size']}" if crypto["chunk_size"] else "each tensor in one piece"
+        lines.append(f"  version {crypto['version']}, {crypto['algorithm']}, {chunks}")
+        master, signer = crypto["master_key"], crypto["signer"]
+        lines.append(f"  master key id {_text(master['kid'])}, signer key id {_text(signer['kid'])} ({signer['alg']})")
+        for role, slot in (("master key", master), ("signer", signer)):
+            if slot["jku"]:
+                lines.append(f"  {role} jku {slot['jku']}")
+        policy = crypto["policy"]
+        _policy(lines, "local", policy["local"], policy["local_is_default"], "checked before any key is unwrapped")
+        _policy(lines, "remote", policy["remote"], policy["remote_is_default"], "enforced by a key service")
         for name, ext in crypto["extensions"].items():
-            lines.append(f"  extension {name}: {ext}")
+            lines.append(_extension(name, ext))
     if info["metadata"]:
-        lines.append(f"  metadata: {info['metadata']}")
+        lines.append("  metadata:")
+        lines += [f"    {key}: {_text(value)}" for key, value in info["metadata"].items()]
     width = max([len("tensor")] + [len(t["name"]) for t in info["tensors"]])
     lines.append(f"  {'tensor':<{width}}  {'dtype':<7} {'shape':<20} data")
     for t in info["tensors"]:
         mark = "encrypted" if t["encrypted"] else "plain"  # the last word of the row, for scripts that grep
-        lines.append(f"  {t['name']:<{width}}  {t['dtype']:<7} {t['shape']!s:<20} {mark}")
+        lines.append(f"  {t['name']:<{width}}  {t['dtype']:<7} {_shape(t['shape']):<20} {mark}")
     return "\n".join(lines)
 
 
+def _human_folder(info: dict[str, Any]) -> str:
+    shards = info["shards"]
+    lines = [
+        f"{info['path']}: model folder, {len(shards)} shard(s), {info['size']} bytes, {info['tensor_count']} "
+        f"tensors ({info['encrypted_tensors']} encrypted)"
+    ]
+    manifest = info["manifest"]
+    if not manifest["present"]:
+        lines.append(f"  signed manifest: none ({manifest['path']} is missing; 'pycryptotensors sign' writes one)")
+    elif "error" in manifest:
+        lines.append(f"  signed manifest: {manifest['path']}, unreadable: {manifest['error']}")
+    else:
+        lines.append(
+            f"  signed manifest: {manifest['path']}, signer key id {_text(manifest.get('signer_kid'))} "
+            "(not checked here: run 'pycryptotensors verify')"
+        )
+    if info["warning"]:
+        lines.append(f"  WARNING: {info['warning']}")
+    return "\n\n".join(["\n".join(lines), *(_human(shard) for shard in shards)])
+
+
 def run_inspect(args: argparse.Namespace) -> int:
-    info = describe_file(args.file)
-    emit(args, info, _human(info))
+    if is_folder_url(args.file):  # a remote model folder: each shard's header; nothing cached or trusted
+        from ..model.remote import shard_urls
+
+        infos = [describe_file(url) for url in shard_urls(args.file)]
+        emit(args, {"url": args.file, "files": infos}, "\n\n".join(_human(i) for i in infos), data=True)
+        return 0
+    if not is_url(args.file) and Path(args.file).is_dir():
+        info = describe_folder(args.file)
+        emit(args, info, _human_folder(info), data=True)
+    else:
+        info = describe_file(args.file)
+        emit(args, info, _human(info), data=True)
     return 0
 
 
-def _verify_folder(root: Path, options: LoadOptions, deep: bool) -> dict[str, Any] | None:
+def _verify_folder(root: Path, access: Access, deep: bool) -> dict[str, Any] | None:
     """The whole-folder part of ``verify DIR``: the signed manifest when there is one (every file present and
     unchanged, no file added; with --deep the shards hashed too), else what can be checked without one."""
     names = list_files(root)
     if not names:
         raise ManifestError(f"{root}: no file to verify (an empty model folder verifies nothing)")
-    sources, trust = options.resolve()
+    sources, trust = access.sources, access.trust
     trust = trust.for_file(root / MANIFEST_NAME)
     if os.path.lexists(root / MANIFEST_NAME):  # as the consumer sees it: a dangling link or a FIFO is refused
         kid = signer_kid(read_manifest_file(root / MANIFEST_NAME))
@@ -107,18 +181,35 @@ def _verify_folder(root: Path, options: LoadOptions, deep: bool) -> dict[str, An
     return None
 
 
+def _verify_files(args: argparse.Namespace, files: list[Any], access: Access) -> list[dict[str, Any]]:
+    """Verify each file; with --deep, behind a progress bar counting the bytes authenticated (the files' sizes:
+    a remote file's is not known up front, so that bar only counts)."""
+    if not args.deep:
+        return [verify_file(f, access) for f in files]
+    total = 0 if any(isinstance(f, str) and is_url(f) for f in files) else sum(Path(f).stat().st_size for f in files)
+    reports = []
+    with progress_bar(args, total, "verify") as bar:
+        for f in files:
+            report = verify_file(f, access, deep=True, progress=bar.update)
+            if total:
+                bar.update(Path(f).stat().st_size - report["bytes_authenticated"])  # the header and padding
+            reports.append(report)
+    return reports
+
+
 def run_verify(args: argparse.Namespace) -> int:
-    try:
-        options = load_options(args)
-        target = Path(args.path)
-        remote = is_url(args.path)  # one remote file (remote model folders are not supported yet)
-        folder = _verify_folder(target, options, args.deep) if not remote and target.is_dir() else None
-        files = [args.path] if remote else sorted(target.rglob("*" + SUFFIX)) if target.is_dir() else [target]
-        reports = [verify_file(f, options, deep=args.deep) for f in files]
-    except CryptoTensorsError as error:
-        if args.json:  # the error as JSON on stdout too; the one line on stderr and the exit code as usual
-            emit(args, {"ok": False, "error": type(error).__name__, "message": str(error)}, "")
-        raise
+    # a failure: with --json, app.main prints its JSON document, as for every command
+    access = resolve(options_from_args(args))
+    target = Path(args.path)
+    if is_folder_url(args.path):  # a remote model folder: checked, small files cached, shards streamed
+        from ..model.remote import open_remote_model
+
+        target = open_remote_model(args.path, access)
+    remote = is_url(args.path) and not is_folder_url(args.path)  # one remote file
+    deep_hash = args.deep and not is_folder_url(args.path)  # remote shards: --deep authenticates each chunk
+    folder = _verify_folder(target, access, deep_hash) if not remote and target.is_dir() else None
+    files = [args.path] if remote else sorted(target.rglob("*" + SUFFIX)) if target.is_dir() else [target]
+    reports = _verify_files(args, files, access)
     checked = sum(r["bytes_authenticated"] for r in reports)
     what = f"signature and {checked} bytes of tensors" if args.deep else "signature"
     signed = f"; manifest of {folder['files']} file(s) OK" if folder else ""
@@ -127,12 +218,17 @@ def run_verify(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(commands: argparse._SubParsersAction) -> None:
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     fmt = argparse.RawDescriptionHelpFormatter
     ins = commands.add_parser(
-        "inspect", help="show what a file holds (no keys needed)", description=INSPECT_HELP, formatter_class=fmt
+        "inspect",
+        help="show what a file or model folder holds (no keys needed)",
+        description=INSPECT_HELP,
+        formatter_class=fmt,
     )
-    ins.add_argument("file", help="a CryptoTensors or safetensors file, or its URL (s3://, gs://, az://, hf://, https://)")
+    ins.add_argument(
+        "file", help="a CryptoTensors or safetensors file, a model folder, or a file's URL (s3://, hf://, https://)"
+    )
     add_output_options(ins)
     ins.set_defaults(run=run_inspect)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..cipher.aead import ALGORITHMS
+from ..format.algorithms import ALGORITHMS
 from ..keys.files import write_key_file
 from ..keys.jwk import generate_master_key, generate_signing_key
 from .common import add_force_option, add_output_options, emit, refuse_existing
@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(commands: argparse._SubParsersAction) -> None:
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = commands.add_parser(
         "keygen",
         help="make a master key or a signing key pair (JWK files)",

@@ -165,8 +165,9 @@ def run_serve(args: argparse.Namespace) -> int:
             args.header_timeout,
             args.keep_alive,
             args.max_connections,
-            args.access_log,
+            args.access_log or ("off" if args.quiet else "text"),
             max_connections_per_source=args.max_connections_per_source,
+            quiet=args.quiet,
         )
     )
     return 0
@@ -222,7 +223,7 @@ def _token(args: argparse.Namespace, client: Any) -> None:
         rows = [["ID", "PRINCIPAL", "CREATED", "REVOKED"]] * bool(tokens) + [
             [t["id"], t["principal"], _when(t["created"]), _when(t["revoked"])] for t in tokens
         ]
-        emit(args, {"tokens": tokens}, _table(rows, "(no tokens)"))
+        emit(args, {"tokens": tokens}, _table(rows, "(no tokens)"), data=True)
     elif args.token_action == "create":
         if not args.principal:
             raise ConfigError("token create needs a PRINCIPAL")
@@ -237,7 +238,7 @@ def _token(args: argparse.Namespace, client: Any) -> None:
                 f"token for {args.principal} written to {args.out} (0600)",
             )
         else:
-            emit(args, {"principal": args.principal, "token": token}, token)
+            emit(args, {"principal": args.principal, "token": token}, token, data=True)
     else:
         if bool(args.principal) == bool(args.id):
             raise ConfigError("token revoke needs a PRINCIPAL or --id TOKEN_ID (one of them)")
@@ -253,7 +254,7 @@ def _grant(args: argparse.Namespace, client: Any) -> None:
     words = list(args.words)
     if words[:1] == ["show"] and len(words) == 2:
         grant = client.get_grant(words[1])
-        emit(args, grant, _grant_text(grant))
+        emit(args, grant, _grant_text(grant), data=True)
         return
     if words[:1] == ["list"] and len(words) == 1:
         _grants(args, client)
@@ -271,7 +272,7 @@ def _grant(args: argparse.Namespace, client: Any) -> None:
 
 def _grants(args: argparse.Namespace, client: Any) -> None:
     grants = client.grants(getattr(args, "principal", None), getattr(args, "kid", None))
-    emit(args, {"grants": grants}, "\n".join(_grant_text(g) for g in grants) or "(no grants)")
+    emit(args, {"grants": grants}, "\n".join(_grant_text(g) for g in grants) or "(no grants)", data=True)
 
 
 def _admin(args: argparse.Namespace, client: Any) -> None:
@@ -280,7 +281,7 @@ def _admin(args: argparse.Namespace, client: Any) -> None:
         rows = [["NAME", "TOKEN ID", "CREATED", "REVOKED"]] * bool(admins) + [
             [a["name"], a["id"], _when(a["created"]), _when(a["revoked"])] for a in admins
         ]
-        emit(args, {"admins": admins}, _table(rows, "(no admins)"))
+        emit(args, {"admins": admins}, _table(rows, "(no admins)"), data=True)
     elif args.admin_action == "create":
         if not args.name or not args.out:
             raise ConfigError("admin create needs a NAME and --out FILE (the token is shown only once)")
@@ -311,7 +312,7 @@ def _audit(args: argparse.Namespace, client: Any) -> None:
             f"{_when(r['time'])}  {_shown(r['decision']):<5}  {_shown(r.get('action', 'release')):<13} {who:<12} "
             f"{_shown(r['kid'] or '-'):<14} {_shown(r['client'] or '-'):<15} {_shown(r['reason'])}{count}"
         )
-    emit(args, {"records": records}, "\n".join(lines) or "(no records)")
+    emit(args, {"records": records}, "\n".join(lines) or "(no records)", data=True)
 
 
 def run_admin(args: argparse.Namespace) -> int:
@@ -333,7 +334,7 @@ def run_admin(args: argparse.Namespace) -> int:
             rows = [["KID", "MODEL", "REGISTERED"]] * bool(models) + [
                 [m["kid"], m["model_id"], _when(m["created"])] for m in models
             ]
-            emit(args, {"models": models}, _table(rows, "(no models)"))
+            emit(args, {"models": models}, _table(rows, "(no models)"), data=True)
         elif args.action == "token":
             _token(args, client)
         elif args.action == "tokens":
@@ -357,7 +358,7 @@ def run_admin(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(commands: argparse._SubParsersAction) -> None:
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     fmt = HelpFormatter
     serve = commands.add_parser("serve", help="run the key service", description=SERVE_HELP, formatter_class=fmt)
     serve.add_argument("--state", required=True, metavar="DIR", help="state directory (made or set 0700)")
@@ -404,7 +405,9 @@ def register(commands: argparse._SubParsersAction) -> None:
         metavar="N",
         help="refused requests allowed per source address and per token (burst N, then 429); 0: no limit",
     )
-    serve.add_argument("--access-log", choices=["text", "json", "off"], default="text", help="access log on stderr")
+    serve.add_argument(
+        "--access-log", choices=["text", "json", "off"], help="access log on stderr (default: text; off with -q)"
+    )
     serve.set_defaults(run=run_serve)
 
     admin = commands.add_parser(

@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
-from ..errors import NotEncryptedError
+from ..errors import ConfigError, NotEncryptedError
+from ..keys.access import resolve
 from ..policy.lint import explain_undefined, lint
 from ..policy.rego import check_policy, evaluate_policy, local_input
 from ..reading.reader import open_file, read_header_view
 from ..reading.source import FileSource
-from .common import add_key_options, add_output_options, emit, load_options
+from .common import add_key_options, add_output_options, emit, options_from_args
 
 HELP = """\
 Work with the local access policy (a Rego v1 module, 'package model', allowing when data.model.allow is true).
@@ -37,13 +39,18 @@ examples:
 UNVERIFIED = "UNVERIFIED (signature not checked): "
 
 
-def _input(args: argparse.Namespace) -> dict:
+def _input(args: argparse.Namespace) -> dict[str, Any]:
     if getattr(args, "input", None):
-        return json.loads(Path(args.input).read_text(encoding="utf-8"))
+        document = json.loads(Path(args.input).read_text(encoding="utf-8"))
+        if not isinstance(document, dict):
+            raise ConfigError(f"{args.input}: the input document must be a JSON object")
+        return document
     return local_input(args.framework, args.device, json.loads(args.claims) if args.claims else None)
 
 
-def _report(args: argparse.Namespace, policy: str, document: dict, prefix: str = "", explain: bool = False) -> int:
+def _report(
+    args: argparse.Namespace, policy: str, document: dict[str, Any], prefix: str = "", explain: bool = False
+) -> int:
     decision = evaluate_policy(policy, document, diagnostics=explain)
     verdict = "allowed" if decision.allowed else "denied"
     lines = [f"{verdict}: {decision.reason}"]
@@ -57,7 +64,7 @@ def _report(args: argparse.Namespace, policy: str, document: dict, prefix: str =
         result.update(detail=decision.detail, explanation=why)
     if prefix:
         result.update(verified=False, warning=prefix.strip())
-    emit(args, result, "\n".join(prefix + line for line in lines))
+    emit(args, result, "\n".join(prefix + line for line in lines), data=True)
     return 0 if decision.allowed else 6
 
 
@@ -79,7 +86,7 @@ def run_lint(args: argparse.Namespace) -> int:
         "findings": [f.to_json() for f in findings],
         "here": None if decision is None else {"allowed": decision.allowed, "reason": decision.reason},
     }
-    emit(args, result, "\n".join(lines))
+    emit(args, result, "\n".join(lines), data=True)
     return 6 if errors else 0
 
 
@@ -89,7 +96,7 @@ def run_explain(args: argparse.Namespace) -> int:
     else:
         source = FileSource(args.file)
         try:
-            opened = open_file(source, load_options(args), args.framework, args.device,
+            opened = open_file(source, resolve(options_from_args(args)), args.framework, args.device,
                                evaluate_local_policy=False, unwrap=False, whole_model=False)  # fmt: skip
         except NotEncryptedError:
             opened = None
@@ -98,14 +105,14 @@ def run_explain(args: argparse.Namespace) -> int:
         crypto = None if opened is None else opened.crypto
     if crypto is None:
         text = "plain safetensors file: no policy"
-        emit(args, {"allowed": True, "reason": text}, text)
+        emit(args, {"allowed": True, "reason": text}, text, data=True)
         return 0
     if args.unverified:  # no engine text from an unverified file, only our fixed sentences
         return _report(args, crypto.policy_local, _input(args), UNVERIFIED)
     return _report(args, crypto.policy_local, _input(args), explain=True)
 
 
-def register(commands: argparse._SubParsersAction) -> None:
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = commands.add_parser(
         "policy",
         help="test or lint a policy, or explain a file's policy verdict here",

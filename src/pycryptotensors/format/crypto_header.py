@@ -11,10 +11,12 @@ from __future__ import annotations
 import binascii
 import json
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Annotated, Any
 
-from ..cipher.aead import COUNTER_LIMIT, KEY_IV_SIZE, NONCE_SIZE, TAG_SIZE, Algorithm, algorithm, counter_fits
+import msgspec
+
 from ..errors import FormatError, UnsupportedError
+from .algorithms import COUNTER_LIMIT, KEY_IV_SIZE, NONCE_SIZE, TAG_SIZE, Algorithm, algorithm, counter_fits
 from .header import Header, TensorEntry, loads_strict, loads_unchecked, no_duplicates
 from .reserved import CRYPTO_KEYS, ENCRYPTION, EXTENSIONS, POLICY, REQUIRED_KEYS, RESERVED_KEYS, SIGNATURE
 
@@ -35,19 +37,27 @@ class KeySlot:
     jku: str | None = None
 
 
-class EncryptedTensor(NamedTuple):
+def _exactly(size: int) -> msgspec.Meta:
+    return msgspec.Meta(min_length=size, max_length=size)
+
+
+class EncryptedTensor(msgspec.Struct, frozen=True, gc=False, forbid_unknown_fields=True, rename={"iv": "base_iv"}):
     """A tensor's wrapped data key and its AEAD parameters.
 
     ``iv`` is the whole-tensor nonce in version 1 and the base nonce in version 2; ``tags`` is the
     concatenated 16-byte tags, one per chunk (version 2) or the single tag (version 1; none for an empty
-    version-1 tensor). A named tuple: thousands are built at every open, at a third of a dataclass's cost.
+    version-1 tensor). A ``msgspec`` struct: a version-2 ``__encryption__`` of thousands of entries is decoded
+    straight into these, base64 and the fixed lengths checked in C (in JSON, ``iv`` is ``base_iv``).
     """
 
     wrapped_key: bytes
-    key_iv: bytes
-    key_tag: bytes
-    iv: bytes
+    key_iv: Annotated[bytes, _exactly(KEY_IV_SIZE)]
+    key_tag: Annotated[bytes, _exactly(TAG_SIZE)]
+    iv: Annotated[bytes, _exactly(NONCE_SIZE)]
     tags: bytes
+
+
+_V2_DECODER = msgspec.json.Decoder(dict[str, EncryptedTensor])
 
 
 @dataclass(frozen=True)
@@ -73,6 +83,7 @@ class CryptoHeader:
     integrity: Integrity | None
 
     def is_encrypted(self, name: str) -> bool:
+        """Whether the tensor ``name`` is encrypted in this file."""
         return name in self.encrypted
 
 
@@ -157,42 +168,48 @@ def _encrypted_entry(name: str, raw: Any, entry: TensorEntry, header: _Partial) 
     return EncryptedTensor(wrapped, key_iv, key_tag, iv, tags)
 
 
-def _encrypted_entries(encryption: dict[str, Any], header: Header, partial: _Partial) -> dict[str, EncryptedTensor]:
-    """Every ``__encryption__`` entry, validated: one tight loop for well-formed version-2 entries (a file
-    of thousands of tensors is opened at every load); anything else goes through :func:`_encrypted_entry`,
-    which names the defect."""
-    if partial.version != "2":
-        return {name: _encrypted_entry(name, raw, header.tensors[name], partial) for name, raw in encryption.items()}
-    result: dict[str, EncryptedTensor] = {}
-    tensors, key_size, chunk_size, new = header.tensors, partial.cipher.key_size, partial.chunk_size, tuple.__new__
-    decode, base64_error = binascii.a2b_base64, binascii.Error
-    for name, raw in encryption.items():
+def _encrypted_entries(text: str, header: Header, partial: _Partial) -> dict[str, EncryptedTensor]:
+    """Every ``__encryption__`` entry, validated. A well-formed version-2 text (the usual case, at every load
+    of a file of thousands of tensors) is decoded in one pass into :class:`EncryptedTensor` structs, which
+    checks the fields, the base64 and the fixed lengths; then one tight loop checks what depends on the
+    tensor (the tag count, the nonce counter) and the key size. Anything it refuses is parsed again, the
+    slow way, by :func:`_encrypted_entry`, which names the defect."""
+    if partial.version == "2":
+        try:
+            result = _V2_DECODER.decode(text)
+        except (msgspec.DecodeError, RecursionError):
+            pass  # the slow path below says what is wrong
+        else:
+            if _fits(result, header.tensors, partial):
+                return result
+    encryption = loads_unchecked(text, ENCRYPTION)
+    if not isinstance(encryption, dict):
+        raise FormatError(f"{ENCRYPTION} must hold a JSON object")
+    _only_known_tensors(encryption, header)
+    return {name: _encrypted_entry(name, raw, header.tensors[name], partial) for name, raw in encryption.items()}
+
+
+def _fits(encrypted: dict[str, EncryptedTensor], tensors: dict[str, TensorEntry], partial: _Partial) -> bool:
+    """The checks of decoded version-2 entries that depend on their tensor and the cipher."""
+    if not tensors.keys() >= encrypted.keys():
+        return False
+    key_size, chunk_size, limit, from_bytes = partial.cipher.key_size, partial.chunk_size, COUNTER_LIMIT, int.from_bytes
+    for name, sealed in encrypted.items():
         entry = tensors[name]
-        if type(raw) is dict and len(raw) == 5:
-            try:
-                wrapped, key_iv, key_tag, iv, tags = (
-                    decode(raw["wrapped_key"], strict_mode=True),
-                    decode(raw["key_iv"], strict_mode=True),
-                    decode(raw["key_tag"], strict_mode=True),
-                    decode(raw["base_iv"], strict_mode=True),
-                    decode(raw["tags"], strict_mode=True),
-                )
-            except (KeyError, TypeError, ValueError, base64_error):
-                pass  # the slow path below says what is wrong
-            else:
-                chunks = max(1, -(-(entry.end - entry.start) // chunk_size))
-                if (
-                    len(wrapped) == key_size
-                    and len(key_iv) == KEY_IV_SIZE
-                    and len(key_tag) == TAG_SIZE
-                    and len(iv) == NONCE_SIZE
-                    and len(tags) == chunks * TAG_SIZE
-                    and int.from_bytes(iv[8:12], "big") + chunks <= COUNTER_LIMIT
-                ):
-                    result[name] = new(EncryptedTensor, (wrapped, key_iv, key_tag, iv, tags))
-                    continue
-        result[name] = _encrypted_entry(name, raw, entry, partial)
-    return result
+        chunks = -(-(entry.end - entry.start) // chunk_size) or 1
+        if (
+            len(sealed.tags) != chunks * TAG_SIZE
+            or len(sealed.wrapped_key) != key_size
+            or from_bytes(sealed.iv[8:], "big") + chunks > limit
+        ):
+            return False
+    return True
+
+
+def _only_known_tensors(encryption: dict[str, Any], header: Header) -> None:
+    unknown = set(encryption) - set(header.tensors)
+    if unknown:
+        raise FormatError(f"{ENCRYPTION} names tensors the file does not hold: {sorted(unknown)[:3]}")
 
 
 @dataclass(frozen=True)
@@ -247,15 +264,9 @@ def parse_crypto_header(header: Header) -> CryptoHeader | None:
         raise UnsupportedError(f"unsupported signature algorithm {sign.alg!r}")
     partial = _Partial(version, chunk_size, cipher)
 
-    encryption = loads_unchecked(metadata[ENCRYPTION], ENCRYPTION)
-    if not isinstance(encryption, dict):
-        raise FormatError(f"{ENCRYPTION} must hold a JSON object")
-    unknown = set(encryption) - set(header.tensors)
-    if unknown:
-        raise FormatError(f"{ENCRYPTION} names tensors the file does not hold: {sorted(unknown)[:3]}")
-    encrypted = _encrypted_entries(encryption, header, partial)
+    encrypted = _encrypted_entries(metadata[ENCRYPTION], header, partial)
     # Every entry holds five members, each a base64 string (no colon): only the names can hold one.
-    no_duplicates(metadata[ENCRYPTION], ENCRYPTION, 6 * len(encryption), list(encryption))
+    no_duplicates(metadata[ENCRYPTION], ENCRYPTION, 6 * len(encrypted), encrypted)
 
     policy = _json_field(metadata, POLICY)
     local, remote = policy.get("local", DEFAULT_POLICY), policy.get("remote", DEFAULT_POLICY)

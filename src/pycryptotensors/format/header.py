@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import itertools
 import json
-import operator
+import re
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, NamedTuple
+
+import msgspec
 
 from ..errors import FormatError
 from .dtypes import DTYPES, DType, nbytes_of
@@ -24,6 +27,7 @@ MAX_HEADER_SIZE = 100_000_000  # safetensors' limit on N
 PREFIX_SIZE = 8
 _ENTRY_FIELDS = frozenset({"dtype", "shape", "data_offsets"})
 MAX_RANK = 64  # numpy's limit; also keeps a hostile shape from costing a long big-integer product
+_COLON_ESCAPE = re.compile("u003")  # in a \\u003a escape; a compiled search is twice as fast as `in`
 
 
 class TensorEntry(NamedTuple):
@@ -73,6 +77,7 @@ def read_prefix(prefix: bytes, total_size: int) -> int:
     """Decode the 8-byte header length and check it against the limit and the file's size."""
     if len(prefix) < PREFIX_SIZE or total_size < PREFIX_SIZE:
         raise FormatError(f"file too small to be safetensors: {total_size} bytes")
+    n: int
     (n,) = struct.unpack("<Q", prefix[:PREFIX_SIZE])
     if n > MAX_HEADER_SIZE:
         raise FormatError(f"header length {n} exceeds the limit of {MAX_HEADER_SIZE} bytes")
@@ -87,8 +92,10 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     result = dict(pairs)
     if len(result) != len(pairs):
         seen: set[str] = set()
-        duplicate = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
-        raise FormatError(f"duplicate key {duplicate!r} in header JSON")
+        for key, _ in pairs:
+            if key in seen:
+                raise FormatError(f"duplicate key {key!r} in header JSON")
+            seen.add(key)
     return result
 
 
@@ -108,16 +115,18 @@ def loads_strict(text: str | bytes, what: str) -> Any:
 
 def loads_unchecked(text: str | bytes, what: str) -> Any:
     """JSON like :func:`loads_strict` but without its per-object duplicate-key hook, which costs a Python call
-    for each of thousands of objects. The caller validates the structure, then calls :func:`no_duplicates`."""
+    for each of thousands of objects. The caller validates the structure, then calls :func:`no_duplicates`.
+
+    Parsed by ``msgspec`` (in C, twice as fast as ``json`` on a header of thousands of tensors, and like it
+    refusing NaN and Infinity); it keeps the last of duplicate keys, which :func:`no_duplicates` then refuses.
+    """
     try:
-        return json.loads(text, parse_constant=_no_constants)
-    except FormatError:
-        raise
-    except (ValueError, RecursionError) as exc:
+        return msgspec.json.decode(text)
+    except (msgspec.DecodeError, RecursionError) as exc:
         raise FormatError(f"{what} is not valid JSON: {exc}") from None
 
 
-def no_duplicates(text: str, what: str, members: int, strings: list[str]) -> None:
+def no_duplicates(text: str, what: str, members: int, strings: Iterable[str]) -> None:
     """Refuse ``text`` if it holds a duplicate key, given what its parse was validated to hold: ``members``
     key-value pairs in all, and no other strings than ``strings`` that may contain a colon.
 
@@ -126,7 +135,8 @@ def no_duplicates(text: str, what: str, members: int, strings: list[str]) -> Non
     colon), those are at least the colons of the parsed strings. When the counts agree, the text holds no
     more members than its parse: no key was dropped as a duplicate. Otherwise the strict parser decides.
     """
-    if "u003" in text or text.count(":") != members + sum(map(operator.methodcaller("count", ":"), strings)):
+    colons = members + "".join(strings).count(":")  # one count over the joined text: no call per string
+    if _COLON_ESCAPE.search(text) or text.count(":") != colons:
         loads_strict(text, what)
 
 
@@ -155,17 +165,27 @@ def _entry(name: str, raw: Any) -> TensorEntry:
     return TensorEntry(name, dtype, tuple(shape), start, end)
 
 
-def _entries(document: dict[str, Any]) -> dict[str, TensorEntry]:
+def _entries(document: dict[str, Any]) -> tuple[dict[str, TensorEntry], int]:
     """Every tensor entry, validated. One tight loop for the valid case (thousands of tensors are opened at
-    every load); any entry it does not accept goes through :func:`_entry`, which names the defect."""
+    every load); any entry it does not accept goes through :func:`_entry`, which names the defect.
+
+    Also returns where the tensors end when, in this order, each starts where the previous one ended (the
+    usual layout: the tiling is then checked already, in the same loop), and -1 otherwise.
+    """
     tensors: dict[str, TensorEntry] = {}
     dtypes, new = DTYPES, tuple.__new__
+    position = 0  # -1 once out of order: no start (>= 0) matches it again
     for name, raw in document.items():
         if type(raw) is dict and len(raw) == 3:
             dtype_name, shape, offsets = raw.get("dtype"), raw.get("shape"), raw.get("data_offsets")
             dtype = dtypes.get(dtype_name) if type(dtype_name) is str else None
-            well_formed = dtype is not None and type(shape) is list and len(shape) <= MAX_RANK
-            if well_formed and type(offsets) is list and len(offsets) == 2:
+            if (
+                dtype is not None
+                and type(shape) is list
+                and len(shape) <= MAX_RANK
+                and type(offsets) is list
+                and len(offsets) == 2
+            ):
                 start, end = offsets
                 if type(start) is int and type(end) is int and 0 <= start <= end:
                     count = 1
@@ -177,9 +197,11 @@ def _entries(document: dict[str, Any]) -> dict[str, TensorEntry]:
                         bits = count * dtype.bits
                         if not bits % 8 and bits // 8 == end - start:
                             tensors[name] = new(TensorEntry, (name, dtype, tuple(shape), start, end))
+                            position = end if start == position else -1
                             continue
-        tensors[name] = _entry(name, raw)
-    return tensors
+        entry = tensors[name] = _entry(name, raw)
+        position = entry.end if entry.start == position else -1
+    return tensors, position
 
 
 def parse_header(header_bytes: bytes, data_start: int, data_len: int | None) -> Header:
@@ -205,17 +227,19 @@ def parse_header(header_bytes: bytes, data_start: int, data_len: int | None) -> 
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise FormatError("__metadata__ must map strings to strings")
 
-    tensors = _entries(document)
+    tensors, tiled_to = _entries(document)
     # Every entry holds three members (dtype, shape, data_offsets: no other strings); metadata, strings only.
     members = top_members + len(metadata) + 3 * len(tensors)
-    no_duplicates(text, "header", members, [*tensors, *metadata, *metadata.values()])
-    ordered = _offset_order(tensors)
-    position = 0
-    for entry in ordered:
-        if entry.start != position:
-            problem = "overlaps the previous tensor" if entry.start < position else "leaves a gap before it"
-            raise FormatError(f"tensor {entry.name!r} at offset {entry.start} {problem} (expected {position})")
-        position = entry.end
+    no_duplicates(text, "header", members, itertools.chain(tensors, metadata, metadata.values()))
+    if tiled_to >= 0:  # in order and contiguous from 0, as writers lay files out
+        ordered, position = tuple(tensors.values()), tiled_to
+    else:
+        ordered, position = _offset_order(tensors), 0
+        for entry in ordered:
+            if entry.start != position:
+                problem = "overlaps the previous tensor" if entry.start < position else "leaves a gap before it"
+                raise FormatError(f"tensor {entry.name!r} at offset {entry.start} {problem} (expected {position})")
+            position = entry.end
     if data_len is None:
         data_len = position
     if position != data_len:

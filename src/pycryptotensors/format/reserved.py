@@ -48,3 +48,9 @@ def _decodes_plain(header_bytes: bytes) -> bool:
     except (ValueError, RecursionError):
         return False  # not JSON we can read: the strict parser says why
     return not suspicious
+
+
+def user_metadata(metadata: dict[str, str]) -> dict[str, str] | None:
+    """Metadata with the reserved CryptoTensors keys hidden; None when nothing is left, like safetensors."""
+    visible = {k: v for k, v in metadata.items() if k not in RESERVED_KEYS}
+    return visible or None

@@ -49,6 +49,7 @@ __all__ = [
 ]
 
 _MARK = "__pycryptotensors_guard__"
+_PRETRAINED = "_load_pretrained_model"  # transformers 5.x: the staticmethod that loads checkpoint files
 TORCH = "torch"
 TRANSFORMERS = "transformers.modeling_utils"
 REMOTE_CODE = "transformers.dynamic_module_utils"
@@ -65,18 +66,10 @@ def _active() -> bool:
 
 def _trust() -> tuple[Trust, Any]:
     """The consumer's trust settings as transparent mode applies them (its options, then the settings file)."""
-    from ..config import LoadOptions
-    from ..settings import Settings, load_settings
+    from ..keys.access import resolve_trust
     from . import transparent
 
-    options = transparent._options or LoadOptions()
-    settings = load_settings() if options.use_settings else Settings()
-    trust = Trust(
-        tuple(options.trusted_signers) or settings.trust.signers,
-        options.require_encryption or settings.trust.require_encryption,
-        settings.trust.rules,
-    )
-    return trust, options
+    return resolve_trust(transparent._options), transparent._options
 
 
 def check_checkpoint(path: str | os.PathLike[str]) -> None:
@@ -99,10 +92,11 @@ def check_checkpoint(path: str | os.PathLike[str]) -> None:
 
 def _check_signed_folder(manifest: Path, trust: Trust, options: Any) -> None:
     from ..format.crypto_header import KeySlot
+    from ..keys.access import resolve
     from ..model.check import verify_folder
     from ..model.manifest import read_manifest_file, signer_kid
 
-    sources, _ = options.resolve()
+    sources = resolve(options).sources
     keys = sources.verify_keys(KeySlot("ed25519", signer_kid(read_manifest_file(manifest))), trust)
     if not keys:
         raise ManifestError(f"{manifest}: no trusted publisher key to check the signed model folder with")
@@ -167,8 +161,7 @@ def _guard(original: Callable[..., Any], before: Callable[..., None]) -> Callabl
             before(*args, **kwargs)
         return original(*args, **kwargs)
 
-    setattr(wrapper, _MARK, True)
-    wrapper.__wrapped__ = original  # type: ignore[attr-defined]
+    setattr(wrapper, _MARK, True)  # functools.wraps set __wrapped__ = original
     return wrapper
 
 
@@ -186,13 +179,13 @@ def check_shard_path(path: str | os.PathLike[str]) -> None:
 
     if not transparent.encryption_required(path):
         return
-    from ..config import load_options
+    from ..keys.access import resolve
     from ..reading.reader import open_file
     from ..reading.source import open_source
 
     source = open_source(path)
     try:
-        open_file(source, load_options(transparent._options), "np", "cpu", evaluate_local_policy=False, unwrap=False)
+        open_file(source, resolve(transparent._options), "np", "cpu", evaluate_local_policy=False, unwrap=False)
     finally:
         source.close()
 
@@ -220,13 +213,14 @@ def _vllm_check(*args: Any, **kwargs: Any) -> None:
 
 def _shard_files(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
-    def get_checkpoint_shard_files(pretrained_model_name_or_path: Any, index_filename: Any, *args: Any, **kw: Any):
+    def get_checkpoint_shard_files(
+        pretrained_model_name_or_path: Any, index_filename: Any, *args: Any, **kw: Any
+    ) -> Any:
         if _active() and isinstance(index_filename, str | os.PathLike) and os.path.isfile(index_filename):
             check_index(index_filename)  # before transformers reads it (5.x refuses escapes with a ValueError)
         return original(pretrained_model_name_or_path, index_filename, *args, **kw)
 
-    setattr(get_checkpoint_shard_files, _MARK, True)
-    get_checkpoint_shard_files.__wrapped__ = original  # type: ignore[attr-defined]
+    setattr(get_checkpoint_shard_files, _MARK, True)  # functools.wraps set __wrapped__ = original
     return get_checkpoint_shard_files
 
 
@@ -244,9 +238,9 @@ def patch(name: str, module: ModuleType) -> None:
         _replace(module, "load_state_dict", lambda f: _guard(f, _load_state_dict_check))
         _replace(module, "get_checkpoint_shard_files", _shard_files)
         model_class = getattr(module, "PreTrainedModel", None)
-        raw = vars(model_class).get("_load_pretrained_model") if isinstance(model_class, type) else None
+        raw = vars(model_class).get(_PRETRAINED) if isinstance(model_class, type) else None
         if isinstance(raw, staticmethod) and not getattr(raw.__func__, _MARK, False):  # 5.x (4.57: a classmethod)
-            model_class._load_pretrained_model = staticmethod(_guard(raw.__func__, _pretrained_check))  # type: ignore[union-attr]
+            setattr(model_class, _PRETRAINED, staticmethod(_guard(raw.__func__, _pretrained_check)))
     elif name == REMOTE_CODE:
         _replace(module, "get_cached_module_file", lambda f: _guard(f, _code_check))
     elif name == VLLM:

@@ -31,12 +31,14 @@ from typing import TYPE_CHECKING, Any
 
 from ..format.header import MAX_HEADER_SIZE, PREFIX_SIZE
 from ..format.reserved import plainly_unencrypted
-from ..keys.trust import Trust
-from ..settings import Settings, load_settings, settings_path
+from ..keys.access import resolve_trust
+from ..settings import settings_path
 from . import model_guard
 
 if TYPE_CHECKING:
     from ..config import LoadOptions
+
+__all__ = ["enable", "disable"]  # the public names (docs/API.md); the rest serves the start-up hook and tests
 
 PTH_NAME = "pycryptotensors-transparent.pth"
 READS, WRITES, HELPER = "reads tensor data", "writes", "helper"
@@ -89,6 +91,7 @@ ENTRY_POINTS: dict[str, tuple[str, str]] = {
     "safetensors.mlx.save_file": (WRITES, ""),
 }
 NATIVE = "safetensors._safetensors_rust"  # where the originals live: never patched
+_MARK = "__pycryptotensors__"  # set on every wrapper we install (how patched functions are recognised)
 _FRAMEWORKS = {"safetensors.numpy": "np", "safetensors.torch": "pt"}  # modules with a wrapped ``load``
 # The bytes a wrapped ``load`` has just found plain: its original calls ``deserialize`` on them, which then
 # need not read the header a second time (a plain file pays for one sniff, whatever the path).
@@ -152,8 +155,7 @@ def encryption_required(path: Any) -> bool:
     use_settings = _options is None or _options.use_settings
     if not required and not pinned and not (use_settings and settings_path()):
         return False  # nothing can require it: the common case, decided without reading anything
-    settings = load_settings() if use_settings else Settings()
-    trust = Trust(pinned or settings.trust.signers, required or settings.trust.require_encryption, settings.trust.rules)
+    trust = resolve_trust(_options)
     if not isinstance(path, str | os.PathLike):  # bytes: their file cannot be told, so every rule applies
         return model_guard.unknown_origin_trust(trust).require_encryption
     for_file = trust.for_file(path)
@@ -161,9 +163,8 @@ def encryption_required(path: Any) -> bool:
 
 
 def _wrap(original: Any, replacement: Callable[..., Any]) -> Callable[..., Any]:
-    wrapper = functools.wraps(original)(replacement)
-    wrapper.__wrapped__ = original  # type: ignore[attr-defined]
-    wrapper.__pycryptotensors__ = True  # type: ignore[attr-defined]
+    wrapper = functools.wraps(original)(replacement)  # sets wrapper.__wrapped__ = original
+    setattr(wrapper, _MARK, True)
     return wrapper
 
 
@@ -203,11 +204,11 @@ def _deserialize(original: Any) -> Callable[..., Any]:
 
     def deserialize(data: Any, *args: Any, **kwargs: Any) -> Any:
         if _sniffed_plain.get() is not data and (is_crypto_bytes(data) or encryption_required(None)):
-            from ..config import load_options
+            from ..keys.access import resolve
             from ..reading.reader import open_file
             from ..reading.source import BytesSource
 
-            opened = open_file(BytesSource(data), load_options(_options), "np", "cpu")  # raises, or None if plain
+            opened = open_file(BytesSource(data), resolve(_options), "np", "cpu")  # raises, or None if plain
             if opened is not None:
                 try:
                     return [(e.name, _raw_view(opened, e)) for e in opened.header.in_offset_order()]
@@ -223,7 +224,7 @@ def _load(original: Any, framework: str) -> Callable[..., Any]:
         if is_crypto_bytes(data) or encryption_required(None):
             from .. import _frontend
 
-            result = _frontend.load(data, framework, _options)
+            result = _frontend.frontend(framework).load_encrypted(data, _options)
             if result is not None:
                 return result
         token = _sniffed_plain.set(data)
@@ -263,8 +264,9 @@ def patch_module(name: str, module: ModuleType) -> None:
         elif home == "safetensors" and name != home and package is not None:
             wrapper = getattr(package, attribute, None)
             if getattr(wrapper, "__pycryptotensors__", False):
+                original = getattr(wrapper, "__wrapped__", None)
                 for key, value in list(vars(module).items()):
-                    if value is wrapper.__wrapped__:  # type: ignore[union-attr]
+                    if original is not None and value is original:
                         setattr(module, key, wrapper)
 
 
@@ -273,7 +275,10 @@ def _targets() -> list[tuple[str, ModuleType]]:
 
 
 def enable() -> None:
-    """Turn transparent loading on: patch what is imported, and hook what will be."""
+    """Turn transparent loading on: patch what is imported, and hook what will be.
+
+    Idempotent; the start-up hook calls it in every process unless ``PYCRYPTOTENSORS_TRANSPARENT=0``.
+    """
     import _pycryptotensors_startup
 
     _pycryptotensors_startup.install()
@@ -282,7 +287,11 @@ def enable() -> None:
 
 
 def disable() -> None:
-    """Turn it off: restore the original functions and remove the hook."""
+    """Turn transparent loading off: restore the original functions and remove the import hook.
+
+    Idempotent; plain safetensors then reads an encrypted file's tensors as ciphertext bytes, so turn it off
+    only in processes that load plain files.
+    """
     import _pycryptotensors_startup
 
     _pycryptotensors_startup.uninstall()

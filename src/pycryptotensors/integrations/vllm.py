@@ -9,6 +9,11 @@ a model loads is the ``vllm.general_plugins`` entry point, so :func:`register` i
   keys and trust taken from ``model_loader_extra_config`` (so one command line carries them, e.g. a token file
   for the key service), and refusing unencrypted files when ``require_encryption`` is set.
 
+A model in object storage or on a web server: vLLM reads the model's config itself before any loader runs,
+so its ``model`` must be a local folder; pass the one :func:`pycryptotensors.model.open_remote_model` returns
+(the folder checked, small files cached, shards as placeholders): opening a shard there streams it from its
+URL by range requests, in whichever vLLM process opens it (tests/test_remote_vllm.py).
+
 vLLM is imported only inside :func:`register`, so this module imports without vLLM installed.
 """
 
@@ -23,10 +28,11 @@ from typing import Any
 
 from ..config import LoadOptions
 from ..errors import ConfigError, NotEncryptedError
+from ..keys.access import resolve_trust
 from ..keys.files import read_key_file
 from ..keys.jwk import MasterKey, SigningKey
 from ..keys.keyring import KeyRing
-from ..keyservice.client import TOKEN_ENV, KeyServiceProvider
+from ..keyservice.provider import TOKEN_ENV, KeyServiceProvider
 from . import transparent
 
 LOAD_FORMAT = "cryptotensors"
@@ -72,7 +78,7 @@ def _key_service(section: Any) -> KeyServiceProvider:
     return KeyServiceProvider(allowed, token, timeout=timeout, retries=retries, verify=section.get("ca_file", True))
 
 
-def load_options(extra: Mapping[str, Any]) -> LoadOptions:
+def options_from_extra_config(extra: Mapping[str, Any]) -> LoadOptions:
     """LoadOptions from our part of ``model_loader_extra_config`` (unknown names refused)."""
     unknown = set(extra) - OPTIONS
     if unknown:
@@ -100,13 +106,13 @@ def load_options(extra: Mapping[str, Any]) -> LoadOptions:
 def split_extra_config(extra: Mapping[str, Any] | None) -> tuple[LoadOptions, dict[str, Any]]:
     """Our options as LoadOptions, and the rest (vLLM's own, e.g. ``enable_multithread_load``) for vLLM."""
     extra = dict(extra or {})
-    return load_options({k: extra.pop(k) for k in OPTIONS & set(extra)}), extra
+    return options_from_extra_config({k: extra.pop(k) for k in OPTIONS & set(extra)}), extra
 
 
 def check_encrypted(files: Iterable[str], options: LoadOptions) -> None:
     """Refuse a plain file where encryption is required (by the options or a settings rule) as soon as vLLM
     lists the weight files (also in ``download_model``), before any weight is read, whatever reads them."""
-    _, trust = options.resolve()
+    trust = resolve_trust(options)
     for file in files:
         if trust.for_file(file).require_encryption and not transparent.is_crypto_file(file):
             raise NotEncryptedError(f"{file} is not an encrypted CryptoTensors file, and encryption is required")

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import stat
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from .._log import describe_keys, logger
 from ..errors import KeyFormatError
 from ..writing.sinks import write_atomic
 from .jwk import MasterKey, SigningKey, VerifyKey, parse_jwk
@@ -28,21 +31,57 @@ def read_key_file(path: str | os.PathLike[str]) -> list[AnyKey]:
     if not isinstance(entries, list):
         raise KeyFormatError(f"key file {os.fspath(path)}: 'keys' must be a list")
     try:
-        return [parse_jwk(entry) for entry in entries]
+        keys = [parse_jwk(entry) for entry in entries]
     except KeyFormatError as error:
         raise KeyFormatError(f"key file {os.fspath(path)}: {error}") from None
+    logger.debug("key file %s: %s", os.fspath(path), describe_keys(keys))
+    return keys
+
+
+class KeyFilePermissionWarning(UserWarning):
+    """A file holding a private key (a master key or a private signing key) can be read by other users."""
+
+
+def warn_if_exposed(path: str | os.PathLike[str], keys: Iterable[AnyKey]) -> None:
+    """Warn (once per file and mode) when a file holding a master key or a private signing key is readable by
+    its group or by others: anyone who can read it can decrypt the models or sign as the publisher. POSIX only
+    (Windows has no such mode bits)."""
+    if os.name == "nt" or not any(isinstance(k, MasterKey | SigningKey) for k in keys):
+        return
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return
+    if mode & (stat.S_IRGRP | stat.S_IROTH):
+        shown = os.fspath(path)
+        warnings.warn(
+            f"private key file {shown} is readable by other users (mode {mode:04o}): run 'chmod 600 {shown}'",
+            KeyFilePermissionWarning,
+            stacklevel=3,
+        )
+
+
+def read_key_dir_files(directory: str | os.PathLike[str]) -> list[tuple[Path, list[AnyKey]]]:
+    """The key files directly inside ``directory`` (sorted by file name; a missing directory holds none), each
+    with its keys. A file holding a private key that others can read is warned about (:func:`warn_if_exposed`).
+    """
+    root = Path(directory).expanduser()
+    if not root.is_dir():
+        logger.debug("key directory %s: not a directory, no keys", root)
+        return []
+    files: list[tuple[Path, list[AnyKey]]] = []
+    for path in sorted(root.iterdir()):
+        if path.suffix in KEY_FILE_SUFFIXES and path.is_file():
+            found = read_key_file(path)
+            warn_if_exposed(path, found)
+            files.append((path, found))
+    logger.debug("key directory %s: %d key file(s)", root, len(files))
+    return files
 
 
 def read_key_dir(directory: str | os.PathLike[str]) -> list[AnyKey]:
-    """Every key in the key files directly inside ``directory`` (sorted by file name; missing dir: none)."""
-    root = Path(directory).expanduser()
-    if not root.is_dir():
-        return []
-    keys: list[AnyKey] = []
-    for path in sorted(root.iterdir()):
-        if path.suffix in KEY_FILE_SUFFIXES and path.is_file():
-            keys += read_key_file(path)
-    return keys
+    """Every key in the key files directly inside ``directory`` (see :func:`read_key_dir_files`)."""
+    return [key for _, keys in read_key_dir_files(directory) for key in keys]
 
 
 def write_secret_file(path: str | os.PathLike[str], text: str, mode: int = 0o600) -> None:

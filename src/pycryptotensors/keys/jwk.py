@@ -13,8 +13,8 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from ..cipher.aead import ALGORITHMS, Algorithm, algorithm
 from ..errors import KeyFormatError, UnsupportedError
+from ..format.algorithms import ALGORITHMS, Algorithm, algorithm
 
 
 def _decode(value: Any, what: str) -> bytes:
@@ -59,7 +59,15 @@ class MasterKey:
         return f"MasterKey(alg={self.alg.name!r}, kid={self.kid!r})"
 
     def to_jwk(self, dialect: str = "rfc") -> dict[str, str]:
-        """The JWK form; ``dialect="reference"`` writes the reference's variant."""
+        """The JWK form of this key, secret included (store it 0600).
+
+        Args:
+            dialect: ``"rfc"`` (RFC 7517/7518: ``kty`` ``oct``, ``alg`` ``A256GCM``, base64url) or
+                ``"reference"`` (the reference library's variant: ``alg`` ``aes256gcm``, standard base64).
+
+        Returns:
+            The JWK as a dict of strings; ``kid`` is present when the key has one.
+        """
         if dialect == "reference":
             jwk = {"kty": "oct", "alg": self.alg.name, "k": _b64std(self.secret)}
         else:
@@ -81,9 +89,19 @@ class VerifyKey:
 
     @property
     def raw(self) -> bytes:
+        """The 32 raw bytes of the Ed25519 public key."""
         return self.public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
     def to_jwk(self, dialect: str = "rfc") -> dict[str, str]:
+        """The JWK form of this public key.
+
+        Args:
+            dialect: ``"rfc"`` (RFC 8037: ``kty`` ``OKP``, ``crv`` ``Ed25519``, base64url) or ``"reference"``
+                (the reference library's variant: ``kty`` ``okp``, ``alg`` ``ed25519``, standard base64).
+
+        Returns:
+            The JWK as a dict of strings; ``kid`` is present when the key has one.
+        """
         if dialect == "reference":
             jwk = {"kty": "okp", "alg": "ed25519", "x": _b64std(self.raw)}
         else:
@@ -105,9 +123,18 @@ class SigningKey:
 
     @property
     def verify_key(self) -> VerifyKey:
+        """The public half, with the same ``kid``: what consumers pin and verify headers with."""
         return VerifyKey(self.private.public_key(), self.kid)
 
     def to_jwk(self, dialect: str = "rfc") -> dict[str, str]:
+        """The JWK form of this private key (``d`` and ``x``; store it 0600).
+
+        Args:
+            dialect: ``"rfc"`` (RFC 8037, base64url) or ``"reference"`` (the reference's variant).
+
+        Returns:
+            The JWK as a dict of strings; ``kid`` is present when the key has one.
+        """
         seed = self.private.private_bytes(
             serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
         )
@@ -117,16 +144,49 @@ class SigningKey:
 
 
 def generate_master_key(alg: str = "aes256gcm", kid: str | None = None) -> MasterKey:
+    """A new random master key.
+
+    Args:
+        alg: The AEAD that wraps data keys and encrypts tensors: ``"aes256gcm"`` (default),
+            ``"aes128gcm"`` or ``"chacha20poly1305"`` (RFC names such as ``"A256GCM"`` are accepted too).
+        kid: Its key id; a random 16-hex-digit id when None.
+
+    Returns:
+        The key, from the operating system's random source.
+
+    Raises:
+        UnsupportedError: ``alg`` is not one of the supported algorithms.
+    """
     chosen = algorithm(alg)
     return MasterKey(secrets.token_bytes(chosen.key_size), chosen, kid if kid is not None else new_kid())
 
 
 def generate_signing_key(kid: str | None = None) -> SigningKey:
+    """A new random Ed25519 signing key.
+
+    Args:
+        kid: Its key id (its public half gets the same); a random 16-hex-digit id when None.
+
+    Returns:
+        The private key; ``.verify_key`` is the public half to give consumers.
+    """
     return SigningKey(Ed25519PrivateKey.generate(), kid if kid is not None else new_kid())
 
 
 def parse_jwk(jwk: Any) -> MasterKey | SigningKey | VerifyKey:
-    """Read one JWK in either dialect. A private OKP key gives a SigningKey, a public one a VerifyKey."""
+    """Read one JWK in either dialect (RFC 7517 or the reference library's).
+
+    Args:
+        jwk: A JWK as a dict (``kty`` ``oct``: a master key; ``OKP`` with ``d``: a signing key; ``OKP``
+            without ``d``: a verification key), or a key object, returned as it is.
+
+    Returns:
+        The key: a MasterKey, a SigningKey (private OKP key) or a VerifyKey (public one).
+
+    Raises:
+        KeyFormatError: Not a dict, unknown ``kty`` / ``alg`` / ``crv``, bad base64, wrong length, a
+            ``kid`` that is not a string, or ``x`` that does not match ``d``.
+    """
     if isinstance(jwk, MasterKey | SigningKey | VerifyKey):
         return jwk
     if not isinstance(jwk, dict):

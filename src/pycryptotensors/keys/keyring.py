@@ -18,7 +18,14 @@ AnyKey = MasterKey | SigningKey | VerifyKey
 
 
 class KeyRing:
-    """Master keys and signer keys the caller trusts."""
+    """Master keys and signer keys the caller trusts; pass it as ``config`` to any load function.
+
+    Args:
+        keys: Key objects or JWK dicts (either dialect), sorted into master, signing and verification keys.
+
+    Raises:
+        KeyFormatError: A JWK is malformed (see :func:`parse_jwk`).
+    """
 
     def __init__(self, keys: Iterable[AnyKey | Mapping[str, Any]] = ()) -> None:
         self.master_keys: list[MasterKey] = []
@@ -34,6 +41,14 @@ class KeyRing:
         )
 
     def add(self, key: AnyKey | Mapping[str, Any]) -> None:
+        """Add one key.
+
+        Args:
+            key: A key object or a JWK dict.
+
+        Raises:
+            KeyFormatError: The JWK is malformed.
+        """
         parsed = parse_jwk(dict(key) if isinstance(key, Mapping) else key)
         if isinstance(parsed, MasterKey):
             self.master_keys.append(parsed)
@@ -43,13 +58,28 @@ class KeyRing:
             self.verify_keys.append(parsed)
 
     def extend(self, other: KeyRing) -> None:
+        """Add every key of ``other`` (after this ring's own, so this ring's keys are found first).
+
+        Args:
+            other: The ring whose keys are added.
+        """
         self.master_keys += other.master_keys
         self.signing_keys += other.signing_keys
         self.verify_keys += other.verify_keys
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> KeyRing:
-        """Keys from ``CRYPTOTENSOR_KEYS``: one JWK, or a JWK Set ``{"keys": [...]}``."""
+        """Keys from ``CRYPTOTENSOR_KEYS``: one JWK, or a JWK Set ``{"keys": [...]}``.
+
+        Args:
+            environ: Where to read the variable; ``os.environ`` when None.
+
+        Returns:
+            The ring; empty when the variable is unset or empty.
+
+        Raises:
+            KeyFormatError: The variable is not JSON, ``keys`` is not a list, or a JWK is malformed.
+        """
         text = (os.environ if environ is None else environ).get(ENV_VAR)
         if not text:
             return cls()
@@ -65,7 +95,11 @@ class KeyRing:
         return cls([document])
 
     def public_keys(self) -> list[VerifyKey]:
-        """Verification keys, including the public halves of signing keys (each once)."""
+        """Verification keys, including the public halves of signing keys (each once).
+
+        Returns:
+            The keys, verification keys first, without duplicates (same raw key and ``kid``).
+        """
         publics: dict[tuple[bytes, str | None], VerifyKey] = {}
         for key in self.verify_keys + [k.verify_key for k in self.signing_keys]:
             publics.setdefault((key.raw, key.kid), key)

@@ -16,6 +16,7 @@ are accepted when the consumer pinned any (:mod:`.trust`).
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -25,8 +26,9 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import unquote, urlparse
 
+from .._log import describe_keys, logger
 from ..format.crypto_header import CryptoHeader, KeySlot
-from .files import read_key_dir, read_key_file
+from .files import read_key_dir_files, read_key_file
 from .jwk import MasterKey, VerifyKey
 from .keyring import KeyRing
 from .trust import Trust
@@ -35,8 +37,10 @@ PROVIDER_GROUP = "pycryptotensors.key_providers"
 
 
 def _unique(keys: Iterable[VerifyKey]) -> list[VerifyKey]:
-    seen: set[bytes] = set()
-    return [k for k in keys if not (k.raw in seen or seen.add(k.raw))]  # type: ignore[func-returns-value]
+    unique: dict[bytes, VerifyKey] = {}
+    for key in keys:
+        unique.setdefault(key.raw, key)  # the first of each raw key, in order
+    return list(unique.values())
 
 
 @dataclass(frozen=True)
@@ -64,7 +68,21 @@ class KeyProvider(Protocol):
     """A plugin that supplies keys for a file (a master key, or its data keys already unwrapped), or None when
     it has nothing to say about it."""
 
-    def provide(self, request: KeyRequest) -> ProvidedKeys | None: ...
+    def provide(self, request: KeyRequest) -> ProvidedKeys | None:
+        """Keys for the file of ``request``.
+
+        Args:
+            request: The file's path, its exact header bytes (signed) and parsed crypto header, and the
+                caller's claims.
+
+        Returns:
+            The keys, or None when this provider has nothing for this file (the next one is asked).
+
+        Raises:
+            KeyAccessError: The provider is responsible for the file but refuses or fails (a key service's
+                refusal is a :class:`~pycryptotensors.errors.KeyServiceError`); the load fails with it.
+        """
+        ...
 
 
 @runtime_checkable
@@ -73,7 +91,19 @@ class PublisherVoucher(Protocol):
     verification key (or None), which is all an open needs to verify the header. A provider without it is
     asked ``provide`` at open, so a file opened only for its metadata would cost a key release."""
 
-    def vouch(self, request: KeyRequest) -> VerifyKey | None: ...
+    def vouch(self, request: KeyRequest) -> VerifyKey | None:
+        """The publisher's verification key for the file of ``request``, without releasing any key.
+
+        Args:
+            request: As for :meth:`KeyProvider.provide`.
+
+        Returns:
+            The key, or None when this provider does not know the file's publisher.
+
+        Raises:
+            KeyAccessError: As for :meth:`KeyProvider.provide`.
+        """
+        ...
 
 
 DataKeyProvider = KeyProvider  # the name the key service documentation uses for the first interface
@@ -103,9 +133,29 @@ def jku_keys(jku: str | None, allowed_dirs: Iterable[Path]) -> KeyRing:
         return KeyRing()
     path = Path(os.path.realpath(unquote(url.path)))
     allowed = [Path(os.path.realpath(d)) for d in allowed_dirs]
-    if not _inside(path, allowed) or not path.is_file():
+    if not _inside(path, allowed):
+        logger.debug("jku %s: ignored, %s is outside the allowed jku directories %s", jku, path, _paths(allowed))
         return KeyRing()
-    return KeyRing(read_key_file(path))
+    if not path.is_file():
+        logger.debug("jku %s: ignored, %s is not a file", jku, path)
+        return KeyRing()
+    keys = read_key_file(path)
+    logger.debug("jku file %s: %s", path, describe_keys(keys))
+    return KeyRing(keys)
+
+
+def _paths(paths: Iterable[Path]) -> str:
+    shown = [os.fspath(p) for p in paths]
+    return "[" + ", ".join(shown) + "]" if shown else "(none)"
+
+
+def _identity(key: Any) -> tuple[str, Any]:
+    """What identifies a key for the log's "found in" (a public key's bytes are public; a master key: the
+    object itself, never its secret)."""
+    if isinstance(key, MasterKey):
+        return ("master", id(key))
+    public = key if isinstance(key, VerifyKey) else key.verify_key
+    return ("public", public.raw)
 
 
 @dataclass
@@ -115,6 +165,8 @@ class KeySources:
     directories: KeyRing = field(default_factory=KeyRing)
     jku_dirs: tuple[Path, ...] = ()
     providers: tuple[KeyProvider, ...] = ()
+    key_dirs: tuple[Path, ...] = ()  # where ``directories`` came from, for the log and error messages
+    origins: dict[tuple[str, Any], str] = field(default_factory=dict, repr=False)  # key -> "key file PATH"
 
     @classmethod
     def build(
@@ -125,28 +177,91 @@ class KeySources:
         providers: Iterable[KeyProvider],
         use_environment: bool = True,
     ) -> KeySources:
-        directories = KeyRing(key for d in key_dirs for key in read_key_dir(d))
-        return cls(
-            code,
-            KeyRing.from_env() if use_environment else KeyRing(),
-            directories,
-            tuple(Path(d).expanduser() for d in jku_dirs),
-            tuple(providers),
-        )
+        directories = KeyRing()
+        origins: dict[tuple[str, Any], str] = {}
+        dirs = tuple(Path(d).expanduser() for d in key_dirs)
+        for directory in dirs:
+            for path, keys in read_key_dir_files(directory):
+                for key in keys:
+                    directories.add(key)
+                    origins.setdefault(_identity(key), f"key file {path}")
+        environment = KeyRing.from_env() if use_environment else KeyRing()
+        providers = tuple(providers)
+        sources = cls(code, environment, directories, tuple(Path(d).expanduser() for d in jku_dirs), providers, dirs)
+        sources.origins = origins
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "key sources: code: %s; CRYPTOTENSOR_KEYS: %s; key directories %s: %s; jku directories %s; "
+                "key providers: %s",
+                describe_keys(code.master_keys + code.public_keys()),
+                describe_keys(environment.master_keys + environment.public_keys()) if use_environment else "not read",
+                _paths(dirs),
+                describe_keys(directories.master_keys + directories.public_keys()),
+                _paths(sources.jku_dirs),
+                ", ".join(type(p).__name__ for p in providers) or "none",
+            )
+        return sources
 
     def _rings(self, slot: KeySlot) -> list[KeyRing]:
         return [self.code, self.environment, self.directories, jku_keys(slot.jku, self.jku_dirs)]
 
+    def _origin(self, key: Any, ring: int, slot: KeySlot) -> str:
+        """Where a found key came from, in words: code, CRYPTOTENSOR_KEYS, a key file, a jku file."""
+        if ring == 2:
+            return self.origins.get(_identity(key), "a key directory")
+        return (
+            "code (config= / --key)",
+            "CRYPTOTENSOR_KEYS",
+            "a key directory",
+            f"jku {slot.jku}",
+            "the pinned publishers (trusted_signers / --trust)",
+        )[ring]
+
+    def _found(self, what: str, slot: KeySlot, key: Any, ring: int, how: str) -> None:
+        logger.info(
+            "%s for kid %r: found %s in %s (%s)",
+            what,
+            slot.kid,
+            describe_keys([key]),
+            self._origin(key, ring, slot),
+            how,
+        )
+
     def master_key(self, slot: KeySlot) -> MasterKey | None:
+        found = self._master_key(slot)
+        if found is None:
+            logger.info(
+                "master key for kid %r: not found in code, CRYPTOTENSOR_KEYS, key directories %s%s; "
+                "key providers asked next: %s",
+                slot.kid,
+                _paths(self.key_dirs),
+                f", jku {slot.jku}" if slot.jku else "",
+                ", ".join(type(p).__name__ for p in self.providers) or "none",
+            )
+        return found
+
+    def _master_key(self, slot: KeySlot) -> MasterKey | None:
         rings = [ring.master_keys for ring in self._rings(slot)]
+        logger.debug(
+            "master key for kid %r: looking in code, CRYPTOTENSOR_KEYS, key directories %s%s",
+            slot.kid,
+            _paths(self.key_dirs),
+            f", jku {slot.jku} (allowed jku directories {_paths(self.jku_dirs)})" if slot.jku else "",
+        )
         if slot.kid is not None:
-            for key in (k for keys in rings for k in keys):
-                if key.kid == slot.kid:
-                    return key
+            for index, keys in enumerate(rings):
+                for key in keys:
+                    if key.kid == slot.kid:
+                        self._found("master key", slot, key, index, "by kid")
+                        return key
         if len(self.code.master_keys) == 1:
+            self._found("master key", slot, self.code.master_keys[0], 0, "the one master key given in code")
             return self.code.master_keys[0]
         if slot.kid is None:
-            return next((k for keys in rings for k in keys), None)
+            for index, keys in enumerate(rings):
+                if keys:
+                    self._found("master key", slot, keys[0], index, "the file names no kid: the first master key")
+                    return keys[0]
         return None
 
     def verify_keys(self, slot: KeySlot, trust: Trust) -> list[VerifyKey]:
@@ -160,11 +275,22 @@ class KeySources:
         every = _unique(k for keys in rings for k in keys)
         by_kid = [k for k in every if slot.kid is not None and k.kid == slot.kid]
         if by_kid:
+            ring = next(i for i, keys in enumerate(rings) if any(k is by_kid[0] for k in keys))
+            self._found("publisher key", slot, by_kid[0], ring, "by kid")
             return by_kid[:1]  # the earliest source wins, as for master keys
         explicit = trust.pinned_among(self.code.public_keys())
         if len(explicit) == 1:
+            self._found("publisher key", slot, explicit[0], 0, "the one publisher key given in code")
             return explicit
-        return every if slot.kid is None or trust.signers else []
+        candidates = every if slot.kid is None or trust.signers else []
+        logger.info(
+            "publisher key for kid %r: no key with that kid in code, CRYPTOTENSOR_KEYS, key directories %s%s; %s",
+            slot.kid,
+            _paths(self.key_dirs),
+            f", jku {slot.jku}" if slot.jku else "",
+            f"trying {describe_keys(candidates)}" if candidates else "key providers asked next",
+        )
+        return candidates
 
     def kids(self, slot: KeySlot, master: bool) -> list[str]:
         """The key ids of the keys of one kind that were tried for ``slot`` (never key material), for errors."""

@@ -149,7 +149,9 @@ def build_app(service: ReleaseService, limits: Limits | None = None) -> Starlett
     parsing = asyncio.Semaphore(2)  # JSON bodies parsed at once (in worker threads)
 
     def valid_credential(token: str | None) -> bool:
-        return bool(token) and (store.principal_for(token) is not None or store.check_admin(token) is not None)
+        if not token:
+            return False
+        return store.principal_for(token) is not None or store.check_admin(token) is not None
 
     def guarded(action: str, handle: Callable[[Request, str | None, str | None], Awaitable[Any]]) -> Any:
         """The failure limit, then ``handle``; refusals become answers, and failures count against the limit."""

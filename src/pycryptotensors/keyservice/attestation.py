@@ -27,7 +27,10 @@ class AttestationError(ServiceError):
 
 
 class AttestationVerifier(Protocol):
-    nonce_claim: str  # the claim that must equal the request's binding (see protocol.binding)
+    @property
+    def nonce_claim(self) -> str:
+        """The claim that must equal the request's binding (see protocol.binding); read-only."""
+        ...
 
     def verify(self, evidence: str) -> dict[str, Any]:
         """The verified claims, or AttestationError."""

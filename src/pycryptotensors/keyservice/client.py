@@ -3,16 +3,8 @@ The ``pycryptotensors.key_providers`` entry point names ``client:from_settings``
 
 from __future__ import annotations
 
-from .admin import ADMIN_TOKEN_ENV, URL_ENV, AdminClient
-from .provider import TOKEN_ENV, Attestation, KeyServiceProvider, from_settings, normalize
+from .admin import ADMIN_TOKEN_ENV, URL_ENV, AdminClient  # noqa: F401 - the constants: importable, not public
+from .provider import TOKEN_ENV, Attestation, KeyServiceProvider, from_settings, normalize  # noqa: F401 - as above
 
-__all__ = [
-    "ADMIN_TOKEN_ENV",
-    "TOKEN_ENV",
-    "URL_ENV",
-    "AdminClient",
-    "Attestation",
-    "KeyServiceProvider",
-    "from_settings",
-    "normalize",
-]
+# the public names (docs/API.md); the others stay importable here for existing callers
+__all__ = ["KeyServiceProvider", "AdminClient", "from_settings"]

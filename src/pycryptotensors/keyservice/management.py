@@ -13,8 +13,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..cipher.aead import algorithm
 from ..errors import CryptoTensorsError
+from ..format.algorithms import algorithm
 from ..keys.jwk import MasterKey, SigningKey, VerifyKey, generate_master_key, parse_jwk
 from .refusal import RefusedError, check_kid, check_name
 from .store import AuditRecord, Grant, Model, Store

@@ -43,7 +43,7 @@ from typing import Any
 import hvac
 import hvac.exceptions
 
-from ..cipher.aead import algorithm
+from ..format.algorithms import algorithm
 from ..keys.jwk import MasterKey, VerifyKey, parse_jwk
 from .store import (
     TOKEN_ID_SIZE,
@@ -113,7 +113,13 @@ class OpenBaoStore:
     def _kv(self) -> Any:
         client = getattr(self._local, "client", None)
         if client is None:
-            client = hvac.Client(url=self.url, token=self._token, timeout=self.timeout, verify=self.verify)
+            client = hvac.Client(
+                url=self.url,
+                token=self._token,
+                # hvac hands timeout to requests, which takes float seconds; types-hvac annotates it int
+                timeout=self.timeout,  # type: ignore[arg-type]
+                verify=self.verify,
+            )
             self._local.client = client
         return client.secrets.kv.v2
 

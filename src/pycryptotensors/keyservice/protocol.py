@@ -133,7 +133,10 @@ class Ephemeral:
             raise IntegrityError(
                 "the key service's sealed answer does not open for this request (replayed, or tampered with)"
             ) from None
-        return json.loads(plaintext)
+        answer = json.loads(plaintext)
+        if not isinstance(answer, dict):  # authentic, so a protocol mismatch rather than an attack
+            raise FormatError("the key service's sealed answer is not a JSON object: is it the same version?")
+        return answer
 
 
 def seal(payload: dict[str, Any], request: ReleaseRequest) -> bytes:

@@ -17,10 +17,11 @@ import ssl
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 
+from .._log import logger
 from ..errors import (
     ConfigError,
     CryptoTensorsError,
@@ -66,7 +67,19 @@ def _error_for(response: httpx.Response, url: str) -> KeyServiceError:
 
 
 class KeyServiceProvider:
-    """A :class:`~pycryptotensors.keys.sources.KeyProvider` that obtains data keys from allowed key services."""
+    """A :class:`~pycryptotensors.keys.sources.KeyProvider` that obtains data keys from allowed key services.
+
+    It answers only for files whose ``enc.jku`` names an allowed service, and never contacts another.
+
+    Args:
+        allowed: The key service URLs it may contact.
+        token: The client token (``Authorization: Bearer``); None refuses every file that needs a service.
+        timeout: Seconds per HTTP request.
+        retries: Tries per request on a connection failure or a server error.
+        backoff: Seconds before the first retry (doubled at each).
+        verify: TLS verification: True, False, or the path of a CA bundle.
+        attestation: Evidence for each request (see ``Attestation`` in this module), or None.
+    """
 
     def __init__(
         self,
@@ -77,7 +90,7 @@ class KeyServiceProvider:
         retries: int = 3,
         backoff: float = 0.2,
         verify: bool | str = True,
-        attestation: Callable[[], str | None] | None = None,
+        attestation: Attestation | None = None,
     ) -> None:
         self.allowed = {normalize(u) for u in allowed}
         self._token = token
@@ -91,6 +104,7 @@ class KeyServiceProvider:
         return self._http
 
     def close(self) -> None:
+        """Close the connection pool (a later request opens a new one)."""
         if self._http is not None:
             self._http.close()
             self._http = None
@@ -122,6 +136,7 @@ class KeyServiceProvider:
             return None
         url = normalize(url)
         if url not in self.allowed:
+            logger.info("key service %s named by %s: not in the allow-list, not contacted", url, request.path)
             raise KeyServiceNotAllowedError(
                 f"{request.path} names key service {url}, which is not in your allow-list; it was not contacted "
                 "(if you trust it, add it to [key_service].allowed in your settings file)"
@@ -140,12 +155,33 @@ class KeyServiceProvider:
             takes_binding = bool(inspect.signature(self.attestation).parameters)
         except (TypeError, ValueError):  # a builtin without a signature: assume the documented form
             takes_binding = True
-        return self.attestation(binding) if takes_binding else self.attestation()  # type: ignore[call-arg]
+        # inspect.signature decided which of the two Attestation forms this is
+        if takes_binding:
+            return cast(Callable[[str], str | None], self.attestation)(binding)
+        return cast(Callable[[], str | None], self.attestation)()
 
     def provide(self, request: KeyRequest) -> ProvidedKeys | None:
+        """The file's data keys, released by the key service its ``jku`` names (see KeyProvider.provide).
+
+        Args:
+            request: The file's path, header and the caller's claims.
+
+        Returns:
+            The data keys and the publisher's key, or None when the file names no ``http(s)`` key service.
+
+        Raises:
+            KeyServiceNotAllowedError: The service is not in ``allowed`` (it was not contacted).
+            KeyServiceUnauthorizedError: No token, or the service does not accept it.
+            KeyServiceUnreachableError: No answer after the retries, or a server error.
+            KeyServiceDeniedError: The service refused (no grant, bad attestation ...);
+                RemotePolicyDeniedError when the remote policy did.
+            IntegrityError: The sealed answer does not open for this request.
+        """
         url = self._service_for(request)
         if url is None:
             return None
+        kid = request.crypto.enc.kid
+        logger.info("master key for kid %r: asking key service %s for the data keys of %s", kid, url, request.path)
         ephemeral = Ephemeral()
         evidence = self._evidence(ephemeral.binding(request.header_bytes))
         body = ephemeral.request(request.header_bytes, dict(request.claims), evidence).to_json()
@@ -154,13 +190,25 @@ class KeyServiceProvider:
             raise _error_for(response, url)
         payload = ephemeral.open(b64d(response.json().get("sealed"), "sealed"), request.header_bytes)
         data_keys = {name: b64d(value, "data key") for name, value in payload["data_keys"].items()}
+        logger.info("key service %s released %d data key(s) for %s (kid %r)", url, len(data_keys), request.path, kid)
         return ProvidedKeys(verify_key=_publisher(payload, url), data_keys=data_keys)
 
     def vouch(self, request: KeyRequest) -> VerifyKey | None:
-        """The publisher's key for this header, without a release (see KeyProvider.vouch)."""
+        """The publisher's key for this header, without a release (see KeyProvider.vouch).
+
+        Args:
+            request: The file's path and header.
+
+        Returns:
+            The key, or None when the file names no ``http(s)`` key service.
+
+        Raises:
+            KeyServiceError: As for :meth:`provide`; ``KeyServiceDeniedError`` for an invalid answer.
+        """
         url = self._service_for(request)
         if url is None:
             return None
+        logger.info("publisher key for kid %r: asking key service %s (%s)", request.crypto.sign.kid, url, request.path)
         response = self._post(url, "/v1/publisher-key", publisher_request(request.header_bytes))
         if response.status_code != 200:
             raise _error_for(response, url)
@@ -185,6 +233,12 @@ def from_settings() -> KeyServiceProvider | _Disabled:
     """The entry point factory: a provider configured by the ``[key_service]`` section of the settings.
 
     One provider (one connection pool) per configuration and process, however many files are loaded.
+
+    Returns:
+        The provider, or one that answers nothing when the settings have no ``[key_service]`` section.
+
+    Raises:
+        ConfigError: The settings file or its ``[key_service]`` section is invalid.
     """
     from ..settings import load_settings
 

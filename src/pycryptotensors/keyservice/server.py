@@ -48,6 +48,7 @@ class ServeConfig:
     max_connections: int = 256  # beyond this many connections or requests in flight, 503
     access_log: str = "text"  # "text", "json" or "off"
     max_connections_per_source: int = 64  # one address beyond this many open connections: closed at once
+    quiet: bool = False  # serve -q: the banner's warnings only
 
 
 def prepare_state(state_dir: Path) -> None:
@@ -222,7 +223,8 @@ def serve(config: ServeConfig) -> None:
     if config.access_log != "off":
         app = AccessLog(app, _stderr, config.access_log)
     for line in banner(config, sock.getsockname()[1]):
-        _stderr(line)
+        if not config.quiet or line.startswith("warning"):
+            _stderr(line)
     server = uvicorn.Server(
         uvicorn.Config(
             app,

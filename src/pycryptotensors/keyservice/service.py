@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..cipher.aead import unwrap_keys
+from ..cipher.signature import verify_header
 from ..errors import CryptoTensorsError, FormatError, SignatureError, WrongKeyError
 from ..format.crypto_header import CryptoHeader, parse_crypto_header
 from ..format.header import PREFIX_SIZE, parse_header
-from ..format.signing import verify_header
 from ..policy.rego import evaluate_policy
 from .attestation import AttestationError, AttestationVerifier
 from .protocol import ReleaseRequest, b64e, header_digest, publisher_request_header, seal

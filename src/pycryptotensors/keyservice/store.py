@@ -14,11 +14,12 @@ import threading
 import time
 from dataclasses import astuple, dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from ..cipher.aead import Algorithm, algorithm
+from ..errors import KeyFormatError
+from ..format.algorithms import Algorithm, algorithm
 from ..keys.jwk import MasterKey, VerifyKey, parse_jwk
 
 TOKEN_PREFIX = "ctk_"
@@ -325,7 +326,10 @@ class SqliteStore:
         model_id, alg, sealed, publisher = row
         chosen: Algorithm = algorithm(alg)
         master = MasterKey(self.root_key.open(kid, sealed), chosen, kid)
-        return Model(kid, model_id, master, parse_jwk(_loads(publisher)))  # type: ignore[arg-type]
+        publisher_key = parse_jwk(_loads(publisher))
+        if not isinstance(publisher_key, VerifyKey):  # register_model stores VerifyKey.to_jwk(); else: damage
+            raise KeyFormatError(f"the key store's publisher key for {kid!r} is not a public Ed25519 key")
+        return Model(kid, model_id, master, publisher_key)
 
     def list_models(self) -> list[ModelInfo]:
         rows = self._db().execute("SELECT kid, model_id, created FROM models ORDER BY kid").fetchall()
@@ -363,7 +367,8 @@ class SqliteStore:
         if row is None:
             return None
         db.execute("UPDATE tokens SET revoked = ? WHERE hash = ? AND revoked IS NULL", (time.time(), row[0]))
-        return row[1]
+        principal: str = row[1]
+        return principal
 
     def list_tokens(self) -> list[TokenInfo]:
         rows = self._db().execute("SELECT hash, principal, created, revoked FROM tokens ORDER BY created").fetchall()
@@ -379,7 +384,7 @@ class SqliteStore:
         return grant
 
     @staticmethod
-    def _grant(row: tuple) -> Grant:
+    def _grant(row: tuple[Any, ...]) -> Grant:
         return Grant(row[0], row[1], row[2], row[3], row[4], row[5], row[6] is not None)
 
     def grants_for(self, principal: str, kid: str) -> list[Grant]:
@@ -426,7 +431,8 @@ class SqliteStore:
     def audit_log(
         self, limit: int, principal: str | None = None, kid: str | None = None, since: float | None = None
     ) -> list[AuditRecord]:
-        where, params = ["1"], []  # type: ignore[var-annotated]
+        where: list[str] = ["1"]
+        params: list[str | float] = []
         if principal is not None:
             where.append("(principal = ? OR actor = ? OR target = ?)")
             params += [principal] * 3

@@ -102,9 +102,9 @@ def verify_folder(
             raise ManifestError(f"{path}: contents differ from the signed manifest (modified)")
     for name in manifest.files:
         if name.endswith(".index.json"):
-            for shard in set(index_shards(root, name).values()):
-                if shard not in manifest.shards:
-                    raise ManifestError(f"{root / name}: names {shard!r}, which is not a signed shard")
+            for listed in set(index_shards(root, name).values()):
+                if listed not in manifest.shards:
+                    raise ManifestError(f"{root / name}: names {listed!r}, which is not a signed shard")
     return manifest
 
 

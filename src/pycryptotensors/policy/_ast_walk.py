@@ -6,6 +6,8 @@ an evaluation's start-up stays small. Standard library only, like the helper.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 def calls(node: object, found: set[str]) -> None:
     """Every function name called in a regorus AST (``{"Call": {"fcn": ...}}``), as dotted text."""
@@ -37,9 +39,10 @@ def last_line(node: object) -> int:
     return best
 
 
-def rule_facts(rule: dict) -> dict:
+def rule_facts(rule: dict[str, Any]) -> dict[str, Any]:
     """A rule's name, lines and, where its head gives a literal, that literal (``true``/``false``)."""
     kind, body = next(iter(rule.items()))
+    literal: object
     if kind == "Default":
         value = body.get("value", {})
         literal = value.get("Bool", {}).get("value") if isinstance(value, dict) else None
@@ -47,7 +50,7 @@ def rule_facts(rule: dict) -> dict:
     head_kind, head = next(iter(body.get("head", {}).items()))
     assign = head.get("assign")
     if assign is None:
-        literal: object = True if head_kind == "Compr" else None
+        literal = True if head_kind == "Compr" else None
     else:
         literal = assign.get("value", {}).get("Bool", {}).get("value")
     return {
@@ -60,7 +63,7 @@ def rule_facts(rule: dict) -> dict:
     }
 
 
-def literals(node: object, function: str, found: list) -> None:
+def literals(node: object, function: str, found: list[list[object]]) -> None:
     """String literals passed to ``function``, with their lines (timestamps for ``policy lint``)."""
     if isinstance(node, dict):
         call = node.get("Call")
@@ -79,7 +82,8 @@ def dotted(ref: object) -> str | None:
     if not isinstance(ref, dict):
         return None
     if "Var" in ref:
-        return ref["Var"].get("value")
+        value = ref["Var"].get("value")
+        return value if isinstance(value, str) else None
     if "RefDot" in ref:
         head = dotted(ref["RefDot"].get("refr"))
         field = ref["RefDot"].get("field")

@@ -22,6 +22,12 @@ import marshal
 import os
 import sys
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time); type checkers treat it so
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from ipaddress import IPv4Network, IPv6Network
+    from typing import Any
+
 # Builtins that reach outside the input document, or that regorus lacks and OPA treats as impure. The parent
 # keeps the same list (sandbox.UNAVAILABLE) for its messages; this process is the one that enforces it.
 UNAVAILABLE = {"opa.runtime": 0, "http.send": 1, "net.lookup_ip_addr": 1}  # name -> arity
@@ -74,7 +80,7 @@ def _cpu_budget(seconds: float) -> None:
 BLOCKED_CALLS: list[str] = []  # the unavailable builtins the current evaluation tried to call
 
 
-def _blocker(name: str):
+def _blocker(name: str) -> Callable[..., object]:
     def blocked(*_args: object) -> object:
         BLOCKED_CALLS.append(name)
         raise RuntimeError("this builtin is not available to model policies")
@@ -112,7 +118,7 @@ def _text(value: object) -> bytes:
     return value.encode("utf-8")
 
 
-def _digest(name: str):
+def _digest(name: str) -> Callable[[object], str]:
     def digest(text: object) -> str:
         import hashlib  # imported at the first call: start-up stays small
 
@@ -121,7 +127,7 @@ def _digest(name: str):
     return digest
 
 
-def _hmac(name: str):
+def _hmac(name: str) -> Callable[[object, object], str]:
     def mac(text: object, key: object) -> str:
         import hashlib
         import hmac
@@ -137,7 +143,7 @@ def _hmac_equal(a: object, b: object) -> bool:
     return hmac.compare_digest(_text(a), _text(b))
 
 
-def _network(text: object):
+def _network(text: object) -> IPv4Network | IPv6Network:
     import ipaddress
 
     if not isinstance(text, str):
@@ -158,7 +164,7 @@ def _cidr_merge(addresses: object) -> list[str]:
     if not all(isinstance(a, str) and "/" in a for a in addresses):  # OPA gives a bare address its classful mask
         raise ValueError("net.cidr_merge: addresses without a prefix length are not supported")
     networks = [_network(a) for a in addresses]
-    merged = [*ipaddress.collapse_addresses(n for n in networks if n.version == 4)]
+    merged: list[IPv4Network | IPv6Network] = [*ipaddress.collapse_addresses(n for n in networks if n.version == 4)]
     merged += [*ipaddress.collapse_addresses(n for n in networks if n.version == 6)]
     return sorted(str(n) for n in merged)
 
@@ -201,11 +207,12 @@ def _error_text(message: str) -> str:
 
 
 class Worker:
-    def __init__(self, regorus: object) -> None:
+    # regorus ships no type information: its module and engines are Any
+    def __init__(self, regorus: Any) -> None:
         self.regorus = regorus
-        self.compiled: dict[str, tuple[object, dict]] = {}
+        self.compiled: dict[str, tuple[Any, dict[str, Any]]] = {}
 
-    def compile(self, policy: str, diagnostics: bool, static: bool) -> tuple[object | None, dict]:
+    def compile(self, policy: str, diagnostics: bool, static: bool) -> tuple[Any, dict[str, Any]]:
         """The engine for ``policy`` (cached by its text). ``static`` also refuses, by name, calls of unavailable
         builtins anywhere in the module (writing, lint); evaluation refuses them when called (``_blocker``)."""
         cached = self.compiled.get(policy)
@@ -225,7 +232,10 @@ class Worker:
         if static:
             import json
 
-            from _ast_walk import calls
+            if TYPE_CHECKING:
+                from pycryptotensors.policy._ast_walk import calls
+            else:  # this process runs with its own folder on sys.path (sandbox), not as part of the package
+                from _ast_walk import calls
 
             called: set[str] = set()
             calls(json.loads(cached[0].get_ast_as_json()), called)
@@ -234,8 +244,8 @@ class Worker:
                 return None, {"status": "unavailable_builtin", "builtins": impure}
         return cached
 
-    def _compile_failure(self, policy: str, message: str, diagnostics: bool) -> dict:
-        reply: dict = {"status": "compile_error", "position": _position(message)}
+    def _compile_failure(self, policy: str, message: str, diagnostics: bool) -> dict[str, Any]:
+        reply: dict[str, Any] = {"status": "compile_error", "position": _position(message)}
         old = self.regorus.Engine()
         old.set_rego_v0(True)
         try:
@@ -254,15 +264,18 @@ class Worker:
         names = set(engine.eval_query("data.b.names")["result"][0]["expressions"][0]["value"])
         return sorted((names | set(EXTENSIONS)) - set(UNAVAILABLE))
 
-    def analyse(self, engine: object) -> dict:
+    def analyse(self, engine: Any) -> dict[str, Any]:
         import json
 
-        from _ast_walk import calls, literals, rule_facts
+        if TYPE_CHECKING:
+            from pycryptotensors.policy._ast_walk import calls, literals, rule_facts
+        else:  # as in compile
+            from _ast_walk import calls, literals, rule_facts
 
         module = json.loads(engine.get_ast_as_json())[0]["ast"]
         called: set[str] = set()
         calls(module, called)
-        stamps: list = []
+        stamps: list[list[object]] = []
         literals(module, "time.parse_rfc3339_ns", stamps)
         return {
             "rules": [rule_facts(rule) for rule in module.get("rules", [])],
@@ -271,7 +284,7 @@ class Worker:
             "timestamps": stamps,
         }
 
-    def handle(self, request: dict) -> dict:
+    def handle(self, request: dict[str, Any]) -> dict[str, Any]:
         _cpu_budget(float(request.get("cpu_seconds", 2.0)))
         diagnostics = bool(request.get("diagnostics"))
         static = bool(request.get("analyse") or request.get("compile_only"))
@@ -283,6 +296,9 @@ class Worker:
         if request.get("compile_only"):
             return {"status": "compiled", **reply}
         run = engine.clone()
+        now_ns = request.get("now_ns")
+        if isinstance(now_ns, int):  # the caller's clock (the input document's time.now_ns) replaces the engine's
+            run.add_extension("time.now_ns", 0, lambda: now_ns)
         if diagnostics:
             run.set_enable_coverage(True)
         if request.get("input") is not None:
@@ -309,7 +325,7 @@ class Worker:
         return {**reply, "status": "non_boolean"}
 
 
-def _coverage(engine: object) -> dict:
+def _coverage(engine: Any) -> dict[str, Any]:
     import json
 
     try:

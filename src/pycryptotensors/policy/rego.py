@@ -47,7 +47,8 @@ _MESSAGES = {
 
 @dataclass(frozen=True)
 class PolicyDecision:
-    """The verdict. ``reason`` is safe to show anyone; ``detail`` (diagnostics only) is the engine's own text."""
+    """The verdict of :func:`evaluate_policy`. ``reason`` is safe to show anyone; ``detail`` (diagnostics only)
+    is the engine's own text, ``report`` its line coverage, ``status`` the outcome's code."""
 
     allowed: bool
     reason: str
@@ -80,15 +81,32 @@ def evaluate_policy(
 ) -> PolicyDecision:
     """Decide whether ``data.model.allow`` is ``true`` for ``input_document``; never raises for any policy.
 
+    The clock is an input: Rego's ``time.now_ns()`` returns the document's ``time.now_ns`` when it is an
+    integer (the engine's own clock otherwise), so ``input.time`` and ``time.now_ns()`` always agree and a
+    caller (a test, ``policy test --input``, the key service's clock) decides what "now" is.
     ``diagnostics`` adds the engine's message and line coverage (``detail``, ``report``): for a policy's
     author at the command line, not for loaders or servers, whose callers must not see policy output.
+
+    Args:
+        policy: The Rego v1 module (``package model``), as a file carries it.
+        input_document: The ``input`` the policy sees (see :func:`local_input`); None: no input.
+        diagnostics: Add the engine's message and line coverage to the decision.
+        timeout: Wall-clock seconds the sandboxed helper may take.
+
+    Returns:
+        The decision: ``allowed`` only when ``data.model.allow`` is exactly ``true``; otherwise ``status``
+        says why (``false``, ``undefined``, ``compile_error``, ``eval_error``, ``timeout``, ...).
     """
     if not isinstance(policy, str):
         return PolicyDecision(False, _MESSAGES["compile_error"], "compile_error")
     if policy.strip() == DEFAULT_POLICY:
         return PolicyDecision(True, "default policy (allow = true)", "true")
     document = None if input_document is None else json.dumps(input_document, default=str)
-    outcome = sandbox.run(policy, document, diagnostics=diagnostics, timeout=timeout)
+    clock = input_document.get("time") if input_document is not None else None
+    now_ns = clock.get("now_ns") if isinstance(clock, Mapping) else None
+    if not isinstance(now_ns, int) or isinstance(now_ns, bool):
+        now_ns = None
+    outcome = sandbox.run(policy, document, diagnostics=diagnostics, timeout=timeout, now_ns=now_ns)
     reply = outcome.reply
     detail = "".join(c if c.isprintable() else "?" for c in str(reply.get("detail", ""))[:2000]) if diagnostics else ""
     report = {"coverage": reply.get("coverage", {})} if diagnostics and "coverage" in reply else {}
@@ -100,6 +118,13 @@ def check_policy(policy: str) -> None:
     """Refuse, at save time, a policy that is not a compiling Rego v1 module in ``package model``.
 
     Rego v0 (``allow { ... }``) is refused with the v1 form: the reference library and OPA 1.x reject it.
+
+    Args:
+        policy: The Rego module to be written into a file.
+
+    Raises:
+        ConfigError: Empty, not compiling, Rego v0, another package than ``model``, or calling a builtin that
+            reaches outside the input (``http.send``, ``opa.runtime`` ...); the message says which.
     """
     if not isinstance(policy, str) or not policy.strip():
         raise ConfigError(_MESSAGES["no_package"])
@@ -114,16 +139,33 @@ def check_policy(policy: str) -> None:
         raise ConfigError(_MESSAGES["no_package"])
 
 
-def local_input(framework: str, device: str, claims: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The ``input`` document a local policy sees. Schema and examples: docs/POLICY.md."""
-    now = datetime.datetime.now(datetime.UTC)
+def local_input(
+    framework: str, device: str, claims: Mapping[str, Any] | None = None, *, now_ns: int | None = None
+) -> dict[str, Any]:
+    """The ``input`` document a local policy sees. Schema and examples: docs/POLICY.md.
+
+    ``now_ns`` (nanoseconds since the epoch) fixes the clock the policy sees, ``time.now_ns()`` included
+    (:func:`evaluate_policy`); the default is this machine's clock.
+
+    Args:
+        framework: The front-end loading the file (``"pt"``, ``"np"``, ...).
+        device: The device asked for (``"cpu"``, ``"cuda:0"``, ...).
+        claims: The caller's claims (``input.claims``), e.g. ``{"team": "research"}``.
+        now_ns: The time the policy sees, in nanoseconds since the epoch; None: now.
+
+    Returns:
+        The input document: framework, device, claims, time, host and user.
+    """
+    if now_ns is None:
+        now_ns = time.time_ns()
+    now = datetime.datetime.fromtimestamp(now_ns / 1e9, datetime.UTC)
     try:
         user = getpass.getuser()
     except (KeyError, OSError):
         user = str(os.getuid()) if hasattr(os, "getuid") else "unknown"
     return {
         "time": {
-            "now_ns": time.time_ns(),
+            "now_ns": now_ns,
             "rfc3339": now.isoformat(timespec="seconds"),  # '+00:00'; policies may use either form
         },
         "host": {"name": socket.gethostname()},

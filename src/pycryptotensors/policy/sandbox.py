@@ -175,8 +175,10 @@ def run(
     compile_only: bool = False,
     analyse: bool = False,
     timeout: float = TIMEOUT_SECONDS,
+    now_ns: int | None = None,
 ) -> Outcome:
-    """Evaluate ``data.model.allow`` for ``policy`` in the helper (starting it if needed)."""
+    """Evaluate ``data.model.allow`` for ``policy`` in the helper (starting it if needed); ``now_ns`` is what
+    Rego's ``time.now_ns()`` returns (the engine's clock when None)."""
     global _HELPER
     if len(policy.encode("utf-8", "surrogatepass")) > MAX_POLICY_BYTES:
         return Outcome("too_large")
@@ -189,6 +191,7 @@ def run(
         "compile_only": compile_only,
         "analyse": analyse,
         "cpu_seconds": min(CPU_SECONDS, timeout),
+        "now_ns": now_ns,
     }
     with _LOCK:
         for _attempt in range(2):  # a helper that ended between two calls is replaced once, transparently

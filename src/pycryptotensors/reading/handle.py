@@ -10,33 +10,22 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
-from types import ModuleType
-from typing import Any
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
-from ..config import LoadOptions, device_name, load_options
-from ..errors import CryptoTensorsError, FormatError, TensorNotFoundError, UnsupportedError
+from .._frontend import Frontend, frontend
+from ..config import LoadOptions, device_name
+from ..errors import CryptoTensorsError, FormatError, UnsupportedError
 from ..format.crypto_header import CryptoHeader
 from ..format.header import TensorEntry
-from ..format.reserved import RESERVED_KEYS
+from ..format.reserved import user_metadata
+from ..keys.access import resolve
 from .reader import OpenedFile, open_file
 from .slicing import cut, select
 from .source import BytesSource, is_url, open_source
 
-
-def framework_module(framework: str) -> ModuleType:
-    """The front-end module (``pycryptotensors.numpy``, ``.torch``, ``.flax``, ...) for a framework name."""
-    from .._frontend import frontend
-
-    return frontend(framework)
-
-
-def _missing(error: Exception, name: str) -> Exception:
-    """safetensors' "no such tensor" as our TensorNotFoundError (also a SafetensorError), the same for
-    plain and encrypted files; any other error unchanged."""
-    if str(error).startswith("File does not contain tensor"):
-        return TensorNotFoundError(str(error))
-    return error
+if TYPE_CHECKING:
+    from ..keys.keyring import KeyRing
 
 
 @contextlib.contextmanager
@@ -55,31 +44,25 @@ def unwrapped(function: Any) -> Any:
     return getattr(function, "__wrapped__", function)
 
 
-def user_metadata(metadata: dict[str, str]) -> dict[str, str] | None:
-    """Metadata with the reserved CryptoTensors keys hidden; None when nothing is left, like safetensors."""
-    visible = {k: v for k, v in metadata.items() if k not in RESERVED_KEYS}
-    return visible or None
-
-
-def _device(module: ModuleType, device: Any) -> str:
+def _device(frontend: Frontend, device: Any) -> str:
     """The device in its one spelling (config.device_name), refused here when the framework lacks it."""
     name = device_name(device)
-    check = getattr(module, "check_device", None)
-    if check is not None:
-        check(name)
+    frontend.check_device(name)
     return name
 
 
 class TensorSlice:
     """What ``get_slice`` returns: shape and dtype without reading, and ``[...]`` that reads only what it needs."""
 
-    def __init__(self, file: OpenedFile, entry: TensorEntry, frontend: ModuleType, device: str) -> None:
+    def __init__(self, file: OpenedFile, entry: TensorEntry, frontend: Frontend, device: str) -> None:
         self._file, self._entry, self._frontend, self._device = file, entry, frontend, device
 
     def get_shape(self) -> list[int]:
+        """The whole tensor's shape, without reading it."""
         return list(self._entry.shape)
 
     def get_dtype(self) -> str:
+        """The tensor's dtype as the file names it (``"F32"``, ``"BF16"``, ...)."""
         return self._entry.dtype.name
 
     def __getitem__(self, index: Any) -> Any:
@@ -96,7 +79,7 @@ class TensorSlice:
             first, last = selection.element_span()
             buffer, start = self._file.range_bytes(entry.name, first * itemsize, (last + 1) * itemsize, borrow=True)
             data = cut(selection, buffer, start, itemsize).reshape(-1)
-        return self._frontend.to_tensor(data, entry.dtype, selection.shape, self._device)
+        return self._frontend.tensor(data, entry.dtype, selection.shape, self._device)
 
 
 def _empty_bytes() -> Any:
@@ -106,57 +89,64 @@ def _empty_bytes() -> Any:
 
 
 class safe_open:  # noqa: N801 - the name safetensors users already know
-    """Open a CryptoTensors (or plain safetensors) file lazily.
+    """Open a CryptoTensors file lazily; a plain safetensors file opens as safetensors' own handle.
 
-    ``config`` is the reference's dict (``enc_key``, ``sign_key``), a :class:`~pycryptotensors.KeyRing`, or
-    :class:`~pycryptotensors.LoadOptions`; keys not given come from ``CRYPTOTENSOR_KEYS``. ``backend`` is
+    ``safe_open(...)`` is a factory: for an encrypted file it returns this handle, for a plain one the handle
+    ``safetensors.safe_open`` returns (untouched, at its speed, with its errors). ``config`` is the
+    reference's dict (``enc_key``, ``sign_key``), a :class:`~pycryptotensors.KeyRing`, or
+    :class:`~pycryptotensors.LoadOptions`; keys not given come from ``CRYPTOTENSOR_KEYS``. ``device`` is a
+    name (``"cpu"``, ``"cuda:0"``), an index (``0`` is ``"cuda:0"``) or a ``torch.device``. ``backend`` is
     accepted for safetensors 0.8 compatibility and passed on for plain files.
     """
 
-    def __init__(
-        self,
+    _frontend: Frontend
+    _device: str
+    _file: OpenedFile | None
+
+    def __new__(
+        cls,
         filename: str | os.PathLike[str],
         framework: str,
-        device: str | int = "cpu",
-        config: LoadOptions | dict[str, Any] | None = None,
+        device: str | int | Any = "cpu",
+        config: LoadOptions | KeyRing | Mapping[str, Any] | None = None,
         *,
         backend: str | None = None,
-    ) -> None:
-        self._frontend = framework_module(framework)
-        self._device = _device(self._frontend, device)  # one spelling, checked once, for plain and encrypted
-        self._plain: Any = None
-        self._file: OpenedFile | None = None
+    ) -> Any:
+        front = frontend(framework)
+        place = _device(front, device)  # one spelling, checked once, for plain and encrypted files
         source = open_source(filename)  # a local file, or a URL read by ranges (reading/remote.py)
         try:
-            self._file = open_file(source, load_options(config), framework, self._device)
+            opened = open_file(source, resolve(config), framework, place)
         except BaseException:
             source.close()
             raise
-        if self._file is None:
-            source.close()
-            if is_url(filename):
-                raise UnsupportedError(
-                    f"{source.path} is a plain safetensors file: only encrypted files are read from URLs; "
-                    "download it and open the local copy"
-                )
-            import safetensors
+        if opened is not None:
+            return cls._over(opened, front, place)
+        source.close()
+        if is_url(filename):
+            raise UnsupportedError(
+                f"{source.path} is a plain safetensors file: only encrypted files are read from URLs; "
+                "download it and open the local copy"
+            )
+        import safetensors
 
-            kwargs = {"backend": backend} if backend is not None else {}
-            with plain_errors():  # the original, also when transparent mode has wrapped it
-                opener = unwrapped(safetensors.safe_open)
-                self._plain = opener(os.fspath(filename), framework, device=self._device, **kwargs)
+        kwargs = {"backend": backend} if backend is not None else {}
+        with plain_errors():  # the original, also when transparent mode has wrapped it
+            return unwrapped(safetensors.safe_open)(os.fspath(filename), framework, device=place, **kwargs)
+
+    @classmethod
+    def _over(cls, opened: OpenedFile, front: Frontend, device: str) -> safe_open:
+        handle = super().__new__(cls)
+        handle._frontend, handle._device, handle._file = front, device, opened
+        return handle
 
     @classmethod
     def from_bytes(cls, data: bytes, framework: str, config: Any = None, device: Any = "cpu") -> safe_open | None:
         """A handle over an encrypted file held in memory (used by ``load``); None when the data is plain."""
-        module = framework_module(framework)
-        device = _device(module, device)
-        opened = open_file(BytesSource(data), load_options(config), framework, device)
-        if opened is None:
-            return None
-        handle = cls.__new__(cls)
-        handle._frontend, handle._device, handle._plain, handle._file = module, device, None, opened
-        return handle
+        front = frontend(framework)
+        place = _device(front, device)
+        opened = open_file(BytesSource(data), resolve(config), framework, place)
+        return None if opened is None else cls._over(opened, front, place)
 
     def _opened(self) -> OpenedFile:
         if self._file is None:
@@ -173,60 +163,67 @@ class safe_open:  # noqa: N801 - the name safetensors users already know
         self.close()
 
     def close(self) -> None:
-        if getattr(self, "_file", None) is not None:
-            self._file.close()
+        """Close the file (also done by ``with`` and when the handle is collected); idempotent."""
+        opened = getattr(self, "_file", None)
+        if opened is not None:
             self._file = None
-        if getattr(self, "_plain", None) is not None:
-            self._plain.__exit__(None, None, None)
-            self._plain = None
+            opened.close()
 
     def keys(self) -> list[str]:
-        if self._plain is not None:
-            return self._plain.keys()
+        """The tensor names, sorted (as safetensors returns them)."""
         return sorted(self._opened().header.tensors)
 
     def offset_keys(self) -> list[str]:
-        if self._plain is not None:
-            return self._plain.offset_keys()
+        """The tensor names in the order of their data in the file (the order to read them in)."""
         return [e.name for e in self._opened().header.in_offset_order()]
 
     def metadata(self) -> dict[str, str] | None:
         """User metadata; the reserved CryptoTensors entries are hidden (see :meth:`crypto_header`)."""
-        if self._plain is not None:
-            return self._plain.metadata()
         return user_metadata(self._opened().header.metadata)
 
-    def crypto_header(self) -> CryptoHeader | None:
-        """The parsed, verified crypto layer (no key material), or None for a plain file."""
-        if self._plain is not None:
-            return None
+    def crypto_header(self) -> CryptoHeader:
+        """The parsed, verified crypto layer (no key material)."""
         return self._opened().crypto
 
     def get_tensor(self, name: str) -> Any:
-        if self._plain is not None:
-            try:
-                return self._plain.get_tensor(name)
-            except Exception as error:
-                raise _missing(error, name) from error
+        """One tensor, read and authenticated whole before it is returned.
+
+        Args:
+            name: the tensor's name.
+
+        Returns:
+            The tensor, in the handle's framework and on its device.
+
+        Raises:
+            TensorNotFoundError: the file has no such tensor (also a ``safetensors.SafetensorError``).
+            IntegrityError: the tensor failed authentication.
+        """
         opened = self._opened()
         entry = opened.entry(name)
-        return self._frontend.to_tensor(opened.tensor_bytes(name), entry.dtype, entry.shape, self._device)
+        return self._frontend.tensor(opened.tensor_bytes(name), entry.dtype, entry.shape, self._device)
 
-    def get_slice(self, name: str) -> Any:
-        if self._plain is not None:
-            try:
-                return self._plain.get_slice(name)
-            except Exception as error:
-                raise _missing(error, name) from error
+    def get_slice(self, name: str) -> TensorSlice:
+        """A lazy view of one tensor: ``[...]`` reads and authenticates only the chunks under the selection.
+
+        Args:
+            name: the tensor's name.
+
+        Returns:
+            A :class:`TensorSlice` (``get_shape()``, ``get_dtype()``, indexing as NumPy does).
+
+        Raises:
+            TensorNotFoundError: the file has no such tensor.
+        """
         opened = self._opened()
         return TensorSlice(opened, opened.entry(name), self._frontend, self._device)
 
     def get_tensors(self) -> dict[str, Any]:
         """Every tensor, in offset order; a remote file's are fetched with parallel requests (reading/remote.py)."""
         names = self.offset_keys()
-        source = self._file.source if self._file is not None else None
+        source = self._opened().source
         if getattr(source, "remote", False):
-            from .remote import fetch_all
+            from .remote import RemoteSource, fetch_all
 
-            return fetch_all(source, names, self.get_tensor, lambda name: self._opened().entry(name).nbytes)
+            if isinstance(source, RemoteSource):
+                return fetch_all(source, names, self.get_tensor, lambda name: self._opened().entry(name).nbytes)
         return {name: self.get_tensor(name) for name in names}

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
+from typing import TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from ..cipher.signature import verify_header
 from ..format.crypto_header import CryptoHeader, parse_crypto_header
 from ..format.header import PREFIX_SIZE, Header, parse_header
-from ..format.signing import verify_header
 
 CACHED_HEADERS = 8
 CACHED_HEADER_BYTES = 1024 * 1024
@@ -29,7 +30,11 @@ _parsed: OrderedDict[tuple[bytes, int], tuple[Header, CryptoHeader | None]] = Or
 _verified: OrderedDict[tuple[bytes, bytes], None] = OrderedDict()
 
 
-def _remember(cache: OrderedDict, key: object, value: object) -> None:
+_K = TypeVar("_K", bound=Hashable)
+_V = TypeVar("_V")
+
+
+def _remember(cache: OrderedDict[_K, _V], key: _K, value: _V) -> None:
     with _lock:
         cache[key] = value
         cache.move_to_end(key)
@@ -51,7 +56,7 @@ def parsed(header_bytes: bytes, file_size: int) -> tuple[Header, CryptoHeader | 
 def verified(
     public_keys: Sequence[Ed25519PublicKey], header: Header, crypto: CryptoHeader, header_bytes: bytes, file_size: int
 ) -> None:
-    """:func:`~..format.signing.verify_header`, skipped for bytes one of these keys has verified already.
+    """:func:`~..cipher.signature.verify_header`, skipped for bytes one of these keys has verified already.
     A header that verifies is remembered, parsed, for the next :func:`parsed` of the same bytes and size."""
     raw = [k.public_bytes(Encoding.Raw, PublicFormat.Raw) for k in public_keys]
     if any((header_bytes, r) in _verified for r in raw):

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from ..config import LoadOptions
-from ..errors import NotEncryptedError
+from ..errors import CryptoTensorsError, FormatError, NotEncryptedError
 from ..format.crypto_header import DEFAULT_POLICY, CryptoHeader, chunk_count
-from .handle import user_metadata
+from ..format.reserved import user_metadata
+from ..keys.access import Access, resolve
 from .reader import open_file, read_header_view
 from .source import open_source
 
@@ -24,6 +27,7 @@ def _crypto_summary(crypto: CryptoHeader) -> dict[str, Any]:
             "local": crypto.policy_local,
             "remote": crypto.policy_remote,
             "local_is_default": crypto.policy_local.strip() == DEFAULT_POLICY,
+            "remote_is_default": crypto.policy_remote.strip() == DEFAULT_POLICY,
         },
         "extensions": {},
     }
@@ -69,6 +73,39 @@ def describe_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     }
 
 
+def describe_folder(root: str | os.PathLike[str]) -> dict[str, Any]:
+    """A JSON-ready description of a model folder: every ``*.safetensors`` shard as :func:`describe_file` sees
+    it (version-control and cache folders left out, as everywhere), and whether a signed manifest
+    (``model.sig``) is there and which key id it names. Needs no key; nothing is verified (that is ``verify``).
+    """
+    from ..model.folder import MANIFEST_NAME, SHARD_SUFFIX, list_files
+    from ..model.manifest import read_manifest_file, signer_kid
+
+    folder = Path(root)
+    shards = [describe_file(folder / name) for name in list_files(folder) if name.endswith(SHARD_SUFFIX)]
+    if not shards:
+        raise FormatError(f"{folder}: no *{SHARD_SUFFIX} file to inspect in this folder")
+    manifest_path = folder / MANIFEST_NAME
+    manifest: dict[str, Any] = {"path": os.fspath(manifest_path), "present": os.path.lexists(manifest_path)}
+    if manifest["present"]:
+        try:
+            manifest["signer_kid"] = signer_kid(read_manifest_file(manifest_path))
+        except CryptoTensorsError as error:  # inspect describes; 'verify' is the command that refuses
+            manifest["error"] = str(error)
+    tensors = sum(len(s["tensors"]) for s in shards)
+    encrypted = sum(s["encrypted_tensors"] for s in shards)
+    return {
+        "path": os.fspath(root),
+        "format": "model folder",
+        "size": sum(s["size"] for s in shards),
+        "shards": shards,
+        "tensor_count": tensors,
+        "encrypted_tensors": encrypted,
+        "manifest": manifest,
+        "warning": ciphertext_warning(encrypted, tensors),
+    }
+
+
 def ciphertext_warning(encrypted: int, total: int) -> str | None:
     """The one thing to know about a file with encrypted tensors: the format keeps safetensors' layout, so
     plain safetensors reads it without complaint, and returns the ciphertext as the tensors' values."""
@@ -81,14 +118,20 @@ def ciphertext_warning(encrypted: int, total: int) -> str | None:
     )
 
 
-def verify_file(path: str | os.PathLike[str], options: LoadOptions, deep: bool = False) -> dict[str, Any]:
+def verify_file(
+    path: str | os.PathLike[str],
+    options: Access | LoadOptions,
+    deep: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
     """Check the signature against the trusted keys; with ``deep``, authenticate every tag and digest too.
 
     Plaintext only passes through memory; nothing is written. ``deep`` needs the master key (or a provider).
+    ``progress`` is called with the byte count of each tensor authenticated (the CLI's progress bar).
     """
     source = open_source(path)
     try:
-        opened = open_file(source, options, "np", "cpu", evaluate_local_policy=False, unwrap=deep)
+        opened = open_file(source, resolve(options), "np", "cpu", evaluate_local_policy=False, unwrap=deep)
         if opened is None:
             raise NotEncryptedError(f"{source.path} is a plain safetensors file: it carries no signature")
         checked = 0
@@ -98,6 +141,8 @@ def verify_file(path: str | os.PathLike[str], options: LoadOptions, deep: bool =
                 checked += entry.nbytes
                 buffer.fill(0)
                 del buffer
+                if progress is not None:
+                    progress(entry.nbytes)
         return {
             "path": os.fspath(path),
             "signature": "valid",

@@ -17,7 +17,6 @@ import numpy as np
 
 from ..cipher.aead import unwrap_keys
 from ..cipher.chunks import SPAN_BYTES, ChunkRange, borrowed_output, decrypt_chunks, decrypt_whole, read_plain
-from ..config import LoadOptions
 from ..errors import (
     IntegrityError,
     MissingKeyError,
@@ -30,6 +29,7 @@ from ..errors import (
 from ..format.crypto_header import CryptoHeader, KeySlot, parse_crypto_header
 from ..format.header import PREFIX_SIZE, Header, TensorEntry, parse_header, read_prefix
 from ..format.reserved import plainly_unencrypted
+from ..keys.access import Access
 from ..keys.jwk import MasterKey, VerifyKey
 from ..keys.sources import KeyRequest, KeySources, ProvidedKeys, PublisherVoucher
 from ..model.check import check_model, unknown_origin_trust
@@ -217,7 +217,7 @@ SETTINGS_HINT = "~/.config/pycryptotensors/config.toml, or the file PYCRYPTOTENS
 
 def open_file(
     source: ByteSource,
-    options: LoadOptions,
+    access: Access,
     framework: str,
     device: str,
     *,
@@ -232,12 +232,15 @@ def open_file(
     a signature without holding the master key). ``whole_model=False`` skips the model-folder check
     (``rewrap`` rewriting a folder's shards one by one; ``verify DIR`` checks the folder on its own).
     """
-    sources, trust = options.resolve()
+    sources, trust = access.sources, access.trust
     # a URL, like bytes, has no local path for the trust rules: it gets the strictest of them (fail closed);
-    # remote model folders (their manifest) are not checked here: a remote file is checked on its own
-    from_file = not isinstance(source, BytesSource) and not getattr(source, "remote", False)
+    # a lone remote file has no folder to check; a shard of a remote model folder is checked against the
+    # manifest in its local cache folder (model/remote.py), by its local name
+    remote, local = getattr(source, "remote", False), getattr(source, "local_path", None)
+    from_file = not isinstance(source, BytesSource) and (not remote or local is not None)
     check_folder = from_file and whole_model
-    trust = trust.for_file(source.path) if from_file else unknown_origin_trust(trust)
+    trust = trust.for_file(source.path) if from_file and not remote else unknown_origin_trust(trust)
+    folder_path = local or source.path
     header_bytes = read_header_bytes(source)
     crypto = header = None
     if not plainly_unencrypted(header_bytes):
@@ -246,11 +249,11 @@ def open_file(
         if trust.require_encryption:
             raise NotEncryptedError(f"{source.path} is not an encrypted CryptoTensors file, and encryption is required")
         if check_folder:  # a plain file in a signed model folder must be the signed one (it is not)
-            check_model(source.path, header_bytes, trust, lambda k: sources.verify_keys(KeySlot("ed25519", k), trust))
+            check_model(folder_path, header_bytes, trust, lambda k: sources.verify_keys(KeySlot("ed25519", k), trust))
         return None
-    options.fail_closed()  # a broken settings file refuses encrypted files (plain ones only warned)
+    access.fail_closed()  # a broken settings file refuses encrypted files (plain ones only warned)
 
-    keys = _Keys(sources, KeyRequest(source.path, header_bytes, crypto, options.policy_input))
+    keys = _Keys(sources, KeyRequest(source.path, header_bytes, crypto, access.policy_input))
     candidates = sources.verify_keys(crypto.sign, trust)
     if not candidates and (vouched := keys.vouched()) is not None:
         trust.check_signer(vouched)  # a key service vouches for the publisher; pins still apply
@@ -262,10 +265,10 @@ def open_file(
     except SignatureError as error:
         raise SignatureError(f"{source.path}: {error}") from None
     if check_folder:  # the whole model folder, against its signed manifest, before any key is released
-        check_model(source.path, header_bytes, trust, lambda kid: candidates)
+        check_model(folder_path, header_bytes, trust, lambda kid: candidates)
 
     if evaluate_local_policy:
-        decision = evaluate_policy(crypto.policy_local, local_input(framework, device, options.policy_input))
+        decision = evaluate_policy(crypto.policy_local, local_input(framework, device, access.policy_input))
         if not decision.allowed:
             raise PolicyDeniedError(f"{source.path}: the file's local policy denied this load: {decision.reason}")
 
@@ -318,7 +321,8 @@ class _DataKeys(dict[str, bytes]):
         if self._crypto is None or sealed is None:
             raise KeyError(name)
         try:
-            key = unwrap_keys(self._crypto.cipher, self._secret, {name: sealed[:3]})[name]
+            wrapped = {name: (sealed.wrapped_key, sealed.key_iv, sealed.key_tag)}
+            key = unwrap_keys(self._crypto.cipher, self._secret, wrapped)[name]
         except WrongKeyError:
             raise WrongKeyError(self._wrong()) from None
         self[name] = key

@@ -28,11 +28,10 @@ from __future__ import annotations
 import functools
 import os
 import random
-import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -85,6 +84,7 @@ class RemoteSource:
     """A file in object storage or on a web server, read by ranges and pinned to the version seen at open."""
 
     remote = True
+    local_path: str | None = None  # set for a shard of a remote model, opened through its cache folder
 
     def __init__(self, url: str, options: RemoteOptions | None = None) -> None:
         scheme = urlsplit(url).scheme.lower()
@@ -98,7 +98,7 @@ class RemoteSource:
         if scheme == "http":
             warnings.warn(f"{self.path}: plain HTTP: authenticated, but not private in transit", stacklevel=3)
         if scheme in _OBJECT_STORES:
-            self._transport: Any = ObjectStoreTransport(url, self.options)
+            self._transport: ObjectStoreTransport | HttpTransport = ObjectStoreTransport(url, self.options)
         elif scheme == "hf":
             resolved, headers = hf_url(url)
             self._transport = HttpTransport(resolved, self.options, headers)
@@ -177,7 +177,7 @@ class RemoteSource:
 
         return self._retrying(offset, attempt)
 
-    def _open_range(self, start: int, end: int, opening: bool = False) -> Iterator[Any]:
+    def _open_range(self, start: int, end: int, opening: bool = False) -> Generator[Any, None, None]:
         """Send one range request (pinned to the version seen at open) and return its body's pieces."""
         with self._lock:
             self.requests += 1
@@ -244,10 +244,13 @@ def _advance(bar: Any, size: int, _future: object) -> None:
 
 
 def _progress(path: str, total: int) -> Any:
-    """A tqdm bar on stderr for a long transfer (64 MiB or more) when stderr is a terminal; else a no-op."""
+    """A tqdm bar on stderr for a long transfer (64 MiB or more) when progress bars are allowed (stderr a
+    terminal, no PYCRYPTOTENSORS_NO_PROGRESS, no -q: ``_log.progress_allowed``); else a no-op."""
     from tqdm import tqdm
 
-    quiet = total < 64 * 1024 * 1024 or not sys.stderr.isatty()
+    from .._log import progress_allowed
+
+    quiet = total < 64 * 1024 * 1024 or not progress_allowed()
     return tqdm(total=total, unit="B", unit_scale=True, desc=path.rsplit("/", 1)[-1], disable=quiet, leave=False)
 
 
@@ -257,7 +260,7 @@ class _Span:
 
     def __init__(self, source: RemoteSource, offset: int, length: int) -> None:
         self.source, self.next, self.end = source, offset, offset + length
-        self._pieces: Iterator[Any] | None = None
+        self._pieces: Generator[Any, None, None] | None = None
         self._rest = memoryview(b"")
 
     def readinto(self, offset: int, buf: memoryview) -> None:
@@ -288,5 +291,5 @@ class _Span:
             raise
         self.next += filled
         if self.next == self.end and self._pieces is not None:
-            self._pieces.close()  # type: ignore[attr-defined]  # hands the connection back to the pool
+            self._pieces.close()  # hands the connection back to the pool
             self._pieces = None

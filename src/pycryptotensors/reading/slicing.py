@@ -110,7 +110,7 @@ def cut(selection: Selection, buffer: np.ndarray, buffer_start: int, itemsize: i
         if kept:
             shape.append(count)
             strides.append(step * stride * itemsize)
-    view = np.lib.stride_tricks.as_strided(
-        buffer[offset:], shape=(*shape, itemsize), strides=(*strides, 1), writeable=False
-    )
-    return np.array(view, dtype=np.uint8, copy=True, order="C")
+    # The ndarray constructor checks that every element lies inside ``buffer`` (as_strided would not), and
+    # costs a microsecond where as_strided's Python wrapper costs tens: a slice's fixed cost is mostly this.
+    view = np.ndarray((*shape, itemsize), dtype=np.uint8, buffer=buffer, offset=offset, strides=(*strides, 1))
+    return view.copy(order="C")

@@ -57,12 +57,30 @@ def is_url(target: object) -> bool:
 
 
 def open_source(target: str | os.PathLike[str]) -> ByteSource:
-    """A FileSource for a path, a RemoteSource for a URL (imported only then: the core needs no remote extra)."""
+    """A FileSource for a path, a RemoteSource for a URL (imported only then: the core needs no remote extra),
+    or for a shard placeholder in a remote model's cache folder (model/remote.py) the shard's URL."""
     if is_url(target):
         from .remote import RemoteSource
 
         return RemoteSource(str(target))
+    pointer = remote_pointer(target)
+    if pointer is not None:
+        from ..model.remote import open_cached_shard
+
+        return open_cached_shard(pointer, target)
     return FileSource(target)
+
+
+def remote_pointer(target: str | os.PathLike[str]) -> str | None:
+    """The record of a remote model's cache folder that ``target`` (a shard there) belongs to, if any: its
+    folder or the one above (sub-model shards) holds ``.cache/pycryptotensors-remote.json``. Two stats."""
+    folder = os.path.dirname(os.path.abspath(target))
+    for _ in range(2):
+        candidate = os.path.join(folder, ".cache", "pycryptotensors-remote.json")
+        if os.path.isfile(candidate):
+            return candidate
+        folder = os.path.dirname(folder)
+    return None
 
 
 class BytesSource:

@@ -7,10 +7,12 @@ failures into retryable (:class:`TransientError`), "the object changed" (:class:
 
 from __future__ import annotations
 
+import functools
 import os
 import re
+import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -18,6 +20,8 @@ from urllib.parse import quote, urlsplit, urlunsplit
 from ..errors import FormatError, RemoteSourceError
 
 if TYPE_CHECKING:
+    from obstore import GetOptions
+
     from .remote import RemoteOptions
 
 
@@ -33,7 +37,7 @@ def redact(url: str) -> str:
 _URL_SECRETS = re.compile(r"(?P<url>[a-z][a-z0-9+.-]*://)(?:[^/@\s]*@)?(?P<rest>[^\s?#\"'<>]*)(?:[?#][^\s\"'<>]*)?")
 
 
-def scrub(text: str, limit: int = 300) -> str:
+def scrub(text: object, limit: int = 300) -> str:
     """A library's error text made safe for a message: URLs redacted, one line, bounded length."""
     line = next((part for part in str(text).splitlines() if part.strip()), "")
     line = _URL_SECRETS.sub(lambda m: m.group("url") + m.group("rest"), line)
@@ -42,6 +46,10 @@ def scrub(text: str, limit: int = 300) -> str:
 
 class TransientError(Exception):
     """A failure worth another try (reset, timeout, 5xx, short body); carries a safe description."""
+
+
+class MissingObjectError(RemoteSourceError):
+    """No object at that URL (HTTP 404, the store's NotFound): a remote model folder may lack optional files."""
 
 
 class ChangedError(Exception):
@@ -55,7 +63,7 @@ class Answer:
     size: int
     etag: str | None
     version_id: str | None  # S3 version id, when the bucket keeps versions
-    pieces: Iterator[Any]  # buffers (bytes or obstore Bytes)
+    pieces: Generator[Any, None, None]  # buffers (bytes or obstore Bytes); close() ends the request
 
 
 class ObjectStoreTransport:
@@ -72,29 +80,14 @@ class ObjectStoreTransport:
         parts = urlsplit(url)
         if not parts.netloc or not parts.path.strip("/"):
             raise RemoteSourceError(
-                f"{redact(url)}: give a bucket and an object, e.g. s3://bucket/models/x.safetensors"
+                f"{redact(url)}: give a bucket and an object, e.g. {parts.scheme}://bucket/models/x.safetensors"
             )
         self.key = parts.path.lstrip("/")
         self.url = redact(url)
-        timeout = f"{options.timeout}s"
-        client: dict[str, Any] = {"timeout": timeout, "connect_timeout": timeout}
-        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or ""
-        if parts.scheme == "s3" and endpoint.startswith("http://"):
-            client["allow_http"] = True  # an endpoint the user set to plain HTTP (a local S3-compatible server)
-            warnings.warn(f"S3 endpoint {redact(endpoint)} is plain HTTP: not encrypted in transit", stacklevel=4)
-        from datetime import timedelta
-
-        retry = {"max_retries": 0, "retry_timeout": timedelta(seconds=options.timeout), "backoff": {}}
-        store_class = {"s3": S3Store, "gs": GCSStore, "az": AzureStore}[parts.scheme]
-        try:
-            provider = _aws_profile_credentials() if parts.scheme == "s3" else None
-            extra = {"credential_provider": provider} if provider is not None else {}
-            self.store = store_class(parts.netloc, client_options=client, retry_config=retry, **extra)
-        except Exception as error:
-            raise RemoteSourceError(f"{redact(url)}: cannot set up the client: {scrub(error)}") from None
+        self.store = make_store(url, options, (AzureStore, GCSStore, S3Store))
 
     def get(self, start: int, end: int, pin: tuple[str | None, str | None] | None) -> Answer:
-        options: dict[str, Any] = {"range": (start, end)}
+        options: GetOptions = {"range": (start, end)}
         if pin is not None:
             etag, version = pin
             if etag:
@@ -108,7 +101,7 @@ class ObjectStoreTransport:
         except errors.PreconditionError:
             raise ChangedError() from None
         except (FileNotFoundError, errors.NotFoundError) as error:
-            raise RemoteSourceError(f"{self.url}: not found ({scrub(error)}); check the URL") from None
+            raise MissingObjectError(f"{self.url}: not found ({scrub(error)}); check the URL") from None
         except (PermissionError, errors.PermissionDeniedError, errors.UnauthenticatedError) as error:
             raise RemoteSourceError(
                 f"{self.url}: access refused ({scrub(error)}); check the credentials of the cloud's standard chain"
@@ -122,14 +115,108 @@ class ObjectStoreTransport:
             raise RemoteSourceError(f"the server answered bytes {tuple(result.range)} for {(start, end)}")
         return Answer(meta["size"], meta.get("e_tag"), meta.get("version"), self._pieces(result))
 
-    def _pieces(self, result: Any) -> Iterator[Any]:
+    def _pieces(self, result: Any) -> Generator[Any, None, None]:
         try:
             yield from result.stream(min_chunk_size=256 * 1024)
         except (self._errors.BaseError, OSError) as error:
             raise TransientError(scrub(error)) from None
 
     def close(self) -> None:
-        """obstore clients hold no resource that needs closing."""
+        """The store is shared (see :func:`make_store`); obstore clients need no closing."""
+
+
+_ENV_PREFIXES = ("AWS_", "GOOGLE_", "AZURE_")
+_stores: dict[tuple[Any, ...], Any] = {}
+_stores_lock = threading.Lock()
+
+
+def make_store(url: str, options: RemoteOptions, classes: tuple[Any, Any, Any]) -> Any:
+    """The obstore store of an ``s3://`` / ``gs://`` / ``az://`` URL's bucket or container, shared by every
+    file of that bucket the process opens while the back-end's environment is unchanged: its connections
+    (and TLS sessions) are reused from one shard to the next, and its credentials refresh themselves."""
+    parts = urlsplit(url)
+    environment = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(_ENV_PREFIXES)))
+    key = (parts.scheme, parts.netloc, options.timeout, environment, os.environ.get("HOME"))
+    with _stores_lock:
+        store = _stores.get(key)
+    if store is None:
+        store = _new_store(url, options, classes)
+        with _stores_lock:
+            if len(_stores) > 64:  # bounded: an environment that keeps changing must not grow it forever
+                _stores.clear()
+            store = _stores.setdefault(key, store)
+    return store
+
+
+def _new_store(url: str, options: RemoteOptions, classes: tuple[Any, Any, Any]) -> Any:
+    """A store with the cloud's standard credential chain, our timeouts, obstore's own retries off (ours
+    count every try)."""
+    from datetime import timedelta
+
+    azure, gcs, s3 = classes
+    parts = urlsplit(url)
+    timeout = f"{options.timeout}s"
+    client: dict[str, Any] = {"timeout": timeout, "connect_timeout": timeout}
+    endpoint = _endpoint(parts.scheme)
+    if endpoint.startswith("http://"):
+        client["allow_http"] = True  # an endpoint the user set to plain HTTP (a local emulator or test server)
+        warnings.warn(
+            f"{parts.scheme}:// endpoint {redact(endpoint)} is plain HTTP: not encrypted in transit", stacklevel=5
+        )
+    retry = {"max_retries": 0, "retry_timeout": timedelta(seconds=options.timeout), "backoff": {}}
+    store_class = {"s3": s3, "gs": gcs, "az": azure}[parts.scheme]
+    try:
+        provider = _aws_profile_credentials() if parts.scheme == "s3" else None
+        extra = {"credential_provider": provider} if provider is not None else {}
+        return store_class(parts.netloc, client_options=client, retry_config=retry, **extra)
+    except Exception as error:
+        raise RemoteSourceError(f"{redact(url)}: cannot set up the client: {scrub(error)}") from None
+
+
+def _endpoint(scheme: str) -> str:
+    """The endpoint a user set for the back-end (each library's own variable), or ''; Azure's emulator
+    (``AZURE_STORAGE_USE_EMULATOR``, Azurite) listens on plain HTTP on 127.0.0.1 unless an endpoint is set."""
+    env = os.environ.get
+    if scheme == "s3":
+        return env("AWS_ENDPOINT_URL_S3") or env("AWS_ENDPOINT_URL") or ""
+    if scheme == "gs":
+        return env("GOOGLE_BASE_URL") or ""
+    endpoint = env("AZURE_STORAGE_ENDPOINT") or env("AZURE_ENDPOINT") or ""
+    if not endpoint and env("AZURE_STORAGE_USE_EMULATOR", "").lower() in ("1", "true"):
+        endpoint = "http://127.0.0.1:10000"
+    return endpoint
+
+
+def list_folder(url: str, options: RemoteOptions) -> dict[str, int] | None:
+    """Every object under a folder URL of an object store (relative name -> size); None for HTTP(S) and the
+    Hub, which have no listing (there the signed manifest says what the folder holds)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("s3", "gs", "az"):
+        return None
+    try:
+        import obstore
+        from obstore.store import AzureStore, GCSStore, S3Store
+    except ImportError:
+        raise RemoteSourceError(missing_extra(url)) from None
+    if not parts.netloc:
+        raise RemoteSourceError(f"{redact(url)}: give a bucket, e.g. {parts.scheme}://bucket/models/llama-enc/")
+    store = make_store(url, options, (AzureStore, GCSStore, S3Store))
+    prefix = parts.path.strip("/")
+    prefix = prefix + "/" if prefix else ""
+    found: dict[str, int] = {}
+    try:
+        for batch in obstore.list(store, prefix or None, chunk_size=1000):
+            for item in batch:
+                name = str(item["path"])[len(prefix) :]
+                if name:
+                    found[name] = int(item["size"])
+    except (PermissionError, obstore.exceptions.PermissionDeniedError, obstore.exceptions.UnauthenticatedError) as e:
+        raise RemoteSourceError(
+            f"{redact(url)}: listing refused ({scrub(e)}); check the credentials of the cloud's standard chain"
+        ) from None
+    except (obstore.exceptions.BaseError, OSError) as error:
+        raise RemoteSourceError(f"{redact(url)}: cannot list the folder ({scrub(error)})") from None
+    return found
 
 
 def _aws_profile_credentials() -> Any:
@@ -161,7 +248,12 @@ class HttpTransport:
         self.url = url
         limits = httpx.Limits(max_connections=options.concurrency + 2, max_keepalive_connections=options.concurrency)
         self.client = httpx.Client(
-            timeout=options.timeout, limits=limits, follow_redirects=True, headers=headers or {}, trust_env=True
+            timeout=options.timeout,
+            limits=limits,
+            follow_redirects=True,
+            headers=headers or {},
+            trust_env=True,
+            verify=_ssl_context(),
         )
 
     def get(self, start: int, end: int, pin: tuple[str | None, str | None] | None) -> Answer:
@@ -186,6 +278,8 @@ class HttpTransport:
                     f"{redact(self.url)}: the server ignored the Range header (HTTP 200); serve the file from a "
                     "server that supports range requests, or download it first"
                 )
+            if status == 404:
+                raise MissingObjectError(f"{redact(self.url)}: not found (HTTP 404); check the URL")
             if status == 416:
                 raise FormatError(f"{redact(self.url)}: the object is shorter than its header says (HTTP 416)")
             raise RemoteSourceError(f"{redact(self.url)}: HTTP {status}; check the URL and your access to it")
@@ -198,7 +292,7 @@ class HttpTransport:
             )
         return Answer(size, response.headers.get("etag"), None, self._pieces(response))
 
-    def _pieces(self, response: Any) -> Iterator[bytes]:
+    def _pieces(self, response: Any) -> Generator[bytes, None, None]:
         try:
             yield from response.iter_raw(256 * 1024)
         except self._httpx.TransportError as error:
@@ -208,6 +302,15 @@ class HttpTransport:
 
     def close(self) -> None:
         self.client.close()
+
+
+@functools.cache
+def _ssl_context() -> Any:
+    """One TLS context for every client of the process: loading the CA bundle costs ~150 ms, which a new
+    context per opened file paid on every open (httpx's default; SSL_CERT_FILE / SSL_CERT_DIR still apply)."""
+    import httpx
+
+    return httpx.create_ssl_context(trust_env=True)
 
 
 def _content_range(value: str, start: int, end: int) -> int | None:

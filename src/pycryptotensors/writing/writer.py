@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 
 from ..cipher import aead
 from ..cipher.chunks import ChunkRange, Sink, encrypt_chunks, encrypt_whole, write_plain
+from ..cipher.signature import sign_header
 from ..config import SaveOptions
 from ..errors import ConfigError, UnsupportedError
+from ..format.algorithms import TAG_SIZE
 from ..format.crypto_header import (
     DIGEST_ALGORITHMS,
     EXTENSION_VERSION,
@@ -28,7 +30,6 @@ from ..format.crypto_header import (
 from ..format.dtypes import DType, nbytes_of
 from ..format.header import PREFIX_SIZE, TensorEntry, frame_header, serialize_header
 from ..format.reserved import CRYPTO_KEYS, ENCRYPTION, EXTENSIONS, POLICY, RESERVED_KEYS, SIGNATURE
-from ..format.signing import sign_header
 from ..policy.rego import check_policy
 from .sinks import AtomicFile, MemorySink
 
@@ -81,10 +82,10 @@ def _plan(tensors: Sequence[TensorData], options: SaveOptions) -> list[_Planned]
             }
             if options.version == "1":
                 item.iv = aead.new_nonce() if nbytes else b""
-                item.tags = [bytes(aead.TAG_SIZE)] if nbytes else []
+                item.tags = [bytes(TAG_SIZE)] if nbytes else []
             else:
                 item.iv = aead.new_base_iv()
-                item.tags = [bytes(aead.TAG_SIZE)] * chunk_count(nbytes, options.chunk_size)
+                item.tags = [bytes(TAG_SIZE)] * chunk_count(nbytes, options.chunk_size)
         elif options.integrity:
             item.tags = [bytes(DIGEST_ALGORITHMS["sha256"])] * chunk_count(nbytes, options.chunk_size)
         planned.append(item)
@@ -93,18 +94,20 @@ def _plan(tensors: Sequence[TensorData], options: SaveOptions) -> list[_Planned]
 
 def _crypto_metadata(planned: list[_Planned], options: SaveOptions) -> dict[str, str]:
     """The reserved entries, without the signature; tags and digests as currently held in ``planned``."""
-    keys: dict[str, object] = {
+    slots: dict[str, dict[str, str]] = {
         "enc": {"alg": options.master_key.alg.name, "kty": "oct"},
         "sign": {"alg": "ed25519", "kty": "okp"},
-        "version": options.version,
     }
-    if options.version == "2":
-        keys["chunk_size"] = options.chunk_size
     for role, kid in (("enc", options.master_key.kid), ("sign", options.signing_key.kid)):
         if kid is not None:
-            keys[role]["kid"] = kid  # type: ignore[index]
+            slots[role]["kid"] = kid
     if options.key_service is not None:
-        keys["enc"]["jku"] = options.key_service  # type: ignore[index]
+        slots["enc"]["jku"] = options.key_service
+    if options.signer_jku is not None:
+        slots["sign"]["jku"] = options.signer_jku
+    keys: dict[str, object] = {**slots, "version": options.version}
+    if options.version == "2":
+        keys["chunk_size"] = options.chunk_size
     encryption = {}
     for item in sorted((p for p in planned if p.data_key is not None), key=lambda p: p.entry.name):
         iv_field, tag_field = ("iv", "tag") if options.version == "1" else ("base_iv", "tags")

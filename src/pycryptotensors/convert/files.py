@@ -7,9 +7,9 @@ change) is copied; version-control and cache folders (``.git``, ``.cache``, ...)
 ``.git`` folder's objects hold the plaintext model. Symbolic links in the input (a Hugging Face cache
 snapshot is made of links into ``../../blobs``) are followed; the output holds regular files only.
 
-Outputs are atomic (see :mod:`.sinks`): a single file through a temporary file renamed into place, a
-directory through a temporary folder moved into place, so a failed or killed run leaves nothing under a
-final name.
+Outputs are atomic (see :mod:`pycryptotensors.writing.sinks`): a single file through a temporary file renamed
+into place, a directory through a temporary folder moved into place, so a failed or killed run leaves nothing
+under a final name.
 """
 
 from __future__ import annotations
@@ -25,13 +25,13 @@ from pathlib import Path
 from ..config import LoadOptions, SaveOptions
 from ..errors import ConfigError, FormatError, NotEncryptedError
 from ..format.header import PREFIX_SIZE, Header, frame_header, parse_header, read_prefix, serialize_header
-from ..format.reserved import RESERVED_KEYS
+from ..format.reserved import RESERVED_KEYS, user_metadata
+from ..keys.access import Access, resolve
 from ..model.folder import IGNORED_DIRS, MANIFEST_NAME, WEIGHT_GLOBS
-from ..reading.handle import user_metadata
 from ..reading.reader import open_file
 from ..reading.source import open_source
-from .sinks import AtomicFile, StagedDirectory, copy_file, is_temp_name
-from .writer import Progress, TensorData, encrypt_file
+from ..writing.sinks import AtomicFile, StagedDirectory, copy_file, is_temp_name
+from ..writing.writer import Progress, TensorData, encrypt_file
 
 Select = Callable[[str], bool]  # which tensors to encrypt, by name
 SUFFIX = ".safetensors"
@@ -180,14 +180,14 @@ def encrypt_safetensors(
 def decrypt_safetensors(
     src: str | os.PathLike[str],
     dst: str | os.PathLike[str],
-    options: LoadOptions,
+    options: Access | LoadOptions,
     progress: Progress | None = None,
 ) -> Converted:
     """Decrypt a CryptoTensors file (or a URL: reading/remote.py) into a plain safetensors file (same layout),
     tensor by tensor."""
     source = open_source(src)
     try:
-        opened = open_file(source, options, "np", "cpu")
+        opened = open_file(source, resolve(options), "np", "cpu")
         if opened is None:
             raise NotEncryptedError(f"{source.path} is already a plain safetensors file")
         entries = opened.header.in_offset_order()
@@ -196,7 +196,7 @@ def decrypt_safetensors(
         with AtomicFile(dst, len(framed) + opened.header.data_len, mode=0o600) as sink:
             sink.writeat(0, memoryview(framed))
             for entry in entries:
-                sink.writeat(len(framed) + entry.start, memoryview(opened.tensor_bytes(entry.name)))
+                sink.writeat(len(framed) + entry.start, opened.tensor_bytes(entry.name).data)
                 if progress is not None:
                     progress(entry.nbytes)
         return Converted(Path(src), Path(dst), len(entries), len(opened.crypto.encrypted), os.path.getsize(dst))

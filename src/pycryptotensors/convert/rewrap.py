@@ -13,16 +13,17 @@ import os
 from dataclasses import dataclass
 
 from ..cipher.aead import wrap_key
+from ..cipher.signature import sign_header
 from ..config import LoadOptions
 from ..errors import ConfigError, NotEncryptedError
 from ..format.crypto_header import b64encode, dumps_compact
 from ..format.header import frame_header, loads_strict, serialize_header
 from ..format.reserved import CRYPTO_KEYS, ENCRYPTION, SIGNATURE
-from ..format.signing import sign_header
+from ..keys.access import Access, resolve
 from ..keys.jwk import MasterKey, SigningKey
 from ..reading.reader import OpenedFile, open_file
 from ..reading.source import FileSource
-from .sinks import AtomicFile, copy_range
+from ..writing.sinks import AtomicFile, copy_range
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ def _new_encryption(opened: OpenedFile, master: MasterKey) -> str:
 def rewrap_file(
     src: str | os.PathLike[str],
     dst: str | os.PathLike[str],
-    options: LoadOptions,
+    options: Access | LoadOptions,
     *,
     signing_key: SigningKey,
     master_key: MasterKey | None = None,
@@ -61,9 +62,9 @@ def rewrap_file(
     """Rotate keys without re-encrypting: ``options`` must open ``src`` (old master key, trusted signer)."""
     source = FileSource(src)
     try:
-        opened = open_file(
-            source, options, "np", "cpu", evaluate_local_policy=False, unwrap=master_key is not None, whole_model=False
-        )
+        unwrap = master_key is not None
+        access = resolve(options)
+        opened = open_file(source, access, "np", "cpu", evaluate_local_policy=False, unwrap=unwrap, whole_model=False)
         if opened is None:
             raise NotEncryptedError(f"{source.path} is a plain safetensors file: nothing to rewrap")
         crypto = opened.crypto
