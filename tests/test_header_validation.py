@@ -43,7 +43,10 @@ from _filecraft import (
 )
 from pycryptotensors import CryptoTensorsError, FormatError, UnsupportedError
 
-TIME_LIMIT_S = 1.0
+# A hostile header is refused in bounded work: the allocation bound is the precise check (deterministic); the
+# time bound only catches a hang or a super-linear blow-up (each case takes milliseconds), so that a loaded CI
+# machine cannot fail it. Speed itself is measured by bench/, not here.
+TIME_LIMIT_S = 10.0
 ALLOCATION_LIMIT = 8 * 2**20
 
 
