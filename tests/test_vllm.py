@@ -85,7 +85,8 @@ def test_extra_config_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     # no key_service option: the installed providers (the settings file's [key_service]) apply
     assert ct_vllm.split_extra_config({})[0].providers is None
     monkeypatch.setenv(TOKEN_ENV, "ctk_from_env")
-    assert ct_vllm.load_options({"key_service": {"allowed": ["http://h"]}}).providers[0]._token == "ctk_from_env"  # type: ignore[index]
+    from_env = ct_vllm.options_from_extra_config({"key_service": {"allowed": ["http://h"]}})
+    assert from_env.providers[0]._token == "ctk_from_env"  # type: ignore[index]
 
     for bad in (
         {"keys": [str(tmp_path / "missing.jwk")]},
@@ -98,9 +99,9 @@ def test_extra_config_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         {"key_service": {"allowed": ["http://h"], "token_file": str(tmp_path / "missing")}},
     ):
         with pytest.raises((pc.ConfigError, pc.KeyFormatError)):
-            ct_vllm.load_options(bad)
+            ct_vllm.options_from_extra_config(bad)
     with pytest.raises(pc.ConfigError, match="unknown option"):
-        ct_vllm.load_options({"require_encryptoin": True})
+        ct_vllm.options_from_extra_config({"require_encryptoin": True})
 
 
 def test_check_encrypted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

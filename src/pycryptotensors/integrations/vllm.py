@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+import types
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -37,8 +38,8 @@ from ..keys.keyring import KeyRing
 from ..keyservice.provider import TOKEN_ENV, KeyServiceProvider
 from . import transparent
 
-LOAD_FORMAT = "pycryptotensors"
-LOAD_FORMATS = (LOAD_FORMAT, "cryptotensors")  # the second kept for command lines written before the rename
+LOAD_FORMAT = "cryptotensors"  # the first name, kept for command lines written before the rename
+LOAD_FORMATS = ("pycryptotensors", LOAD_FORMAT)  # the same loader under both names
 OPTIONS = frozenset(
     {"keys", "key_dirs", "jku_dirs", "trusted_signers", "require_encryption", "policy_input", "key_service"}
 )
@@ -211,8 +212,8 @@ def _install_remote_models() -> None:
             original(self)
 
         post_init.__pycryptotensors__ = True  # type: ignore[attr-defined]
-        EngineArgs.__post_init__ = post_init  # type: ignore[method-assign]
-    frame = sys._getframe(1)
+        EngineArgs.__post_init__ = post_init
+    frame: types.FrameType | None = sys._getframe(1)
     while frame is not None:
         if frame.f_code is original.__code__ and isinstance(frame.f_locals.get("self"), EngineArgs):
             _remote_model(frame.f_locals["self"])
