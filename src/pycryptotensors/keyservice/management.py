@@ -94,8 +94,8 @@ class Management:
             raise RefusedError("bad_request", str(error)) from None
         model_id = str(payload.get("model_id", kid))
         self.store.put_model(Model(kid, model_id, master, publisher))
-        action = "replace" if existing else "register"
-        self._audit(actor, action, kid, f"{action}d key id {kid} (model {model_id})", client, kid)
+        action, done = ("replace", "replaced") if existing else ("register", "registered")
+        self._audit(actor, action, kid, f"{done} key id {kid} (model {model_id})", client, kid)
         answer: dict[str, Any] = {"kid": kid, "model_id": model_id}
         if generated is not None:
             answer["master_key"] = generated  # shown once, for the publisher to encrypt with
